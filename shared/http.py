@@ -1,0 +1,172 @@
+"""Server-side HTTP plumbing every service shares: request ids, the error envelope,
+bearer-token auth, Prometheus request metrics and the /metrics route."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared.errors import ServiceError, Unauthorized
+from shared.logging import request_id_var
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-Id"
+
+
+def request_id(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
+
+
+def error_response(exc: ServiceError, request: Request) -> JSONResponse:
+    return JSONResponse(exc.body(request_id(request)), status_code=exc.status)
+
+
+def _field_of(loc: Iterable[object]) -> str:
+    """`("body", "steps", 2)` -> `steps[2]`; the body prefix is implied."""
+    out = ""
+    for part in loc:
+        if part in ("body", "query", "path") and not out:
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "body"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every failure to the shared envelope; no stack trace leaves the process."""
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        if exc.status >= 500:
+            logger.warning("%s: %s", exc.type, exc.message)
+        return error_response(exc, request)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
+        field = _field_of(first.get("loc", ()))
+        msg = first.get("msg", "invalid value")
+        if first.get("type") == "json_invalid":
+            field, msg = "body", "malformed JSON: " + str(first.get("ctx", {}).get("error", msg))
+        message = f"{field}: {msg}"
+        if len(errors) > 1:
+            message += f" (and {len(errors) - 1} more error(s))"
+        body = {
+            "error": {
+                "type": "invalid_request",
+                "message": message,
+                "request_id": request_id(request),
+                "field": field,
+            }
+        }
+        return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(
+            exc.status_code, "http_error"
+        )
+        body = {
+            "error": {"type": kind, "message": str(exc.detail), "request_id": request_id(request)}
+        }
+        return JSONResponse(body, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error")
+        body = {
+            "error": {
+                "type": "internal_error",
+                "message": f"internal error ({type(exc).__name__}); see the service log",
+                "request_id": request_id(request),
+            }
+        }
+        return JSONResponse(body, status_code=500)
+
+
+class HttpMetrics:
+    """Per-app Prometheus registry (one per app, so tests can build many apps)."""
+
+    def __init__(self, namespace: str) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            f"{namespace}_http_requests_total",
+            "HTTP requests by route and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            f"{namespace}_http_request_seconds",
+            "HTTP request latency by route.",
+            ["route", "method"],
+            registry=self.registry,
+            buckets=(0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+        )
+
+
+def install_middleware(
+    app: FastAPI,
+    metrics: HttpMetrics,
+    *,
+    token: str | None = None,
+    token_list: Iterable[str] = (),
+    public_paths: frozenset[str] = frozenset({"/health", "/ready", "/metrics"}),
+) -> None:
+    """Request id, optional bearer auth, request metrics, and the /metrics route.
+
+    ``token``/``token_list``: accepted bearer tokens; when none is set auth is off. Tokens are
+    compared in constant time and never logged.
+    """
+    accepted = [t for t in (token, *token_list) if t]
+
+    @app.middleware("http")
+    async def _mw(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        rid = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        request.state.request_id = rid
+        reset = request_id_var.set(rid)
+        start = time.perf_counter()
+        try:
+            if accepted and request.url.path not in public_paths:
+                auth = request.headers.get("authorization", "")
+                scheme, _, given = auth.partition(" ")
+                if scheme.lower() != "bearer" or not any(
+                    hmac.compare_digest(given.encode(), t.encode()) for t in accepted
+                ):
+                    response: Response = error_response(
+                        Unauthorized("missing or invalid bearer token (Authorization header)"),
+                        request,
+                    )
+                    response.headers[REQUEST_ID_HEADER] = rid
+                    return response
+            response = await call_next(request)
+        finally:
+            request_id_var.reset(reset)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.requests.labels(path, request.method, str(response.status_code)).inc()
+        metrics.latency.labels(path, request.method).observe(time.perf_counter() - start)
+        response.headers[REQUEST_ID_HEADER] = rid
+        return response
+
+    @app.get("/metrics", include_in_schema=False)
+    async def _metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

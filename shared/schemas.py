@@ -1,0 +1,176 @@
+"""Wire schemas shared by every server and client of the ensemble.
+
+Internal request models forbid unknown fields (a typo is a 422 naming the field, not a silently
+ignored option). OpenAI-compatible models live in :mod:`shared.openai_schemas` and tolerate
+extras, as OpenAI clients send fields we do not use.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
+"""A string that must contain at least one character (whitespace counts)."""
+
+
+class Strict(BaseModel):
+    """Base of internal wire models: unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Role(StrEnum):
+    """The three deployments of the model service."""
+
+    rationalyst = "rationalyst"
+    agent = "agent"
+    scorer = "scorer"
+
+
+# --------------------------------------------------------------------------------------------
+# Trajectories
+
+
+class Demo(Strict):
+    """One worked example: a question and its solution, one step per assistant turn."""
+
+    question: NonEmptyStr
+    steps: list[NonEmptyStr] = Field(min_length=1)
+
+
+class Trajectory(Strict):
+    """A question and the reasoning steps chosen so far."""
+
+    question: NonEmptyStr = Field(description="The problem to solve.")
+    steps: list[NonEmptyStr] = Field(
+        default_factory=list, description="Steps chosen so far, oldest first."
+    )
+
+
+class ChatMessage(Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+# --------------------------------------------------------------------------------------------
+# POST /v1/rationale
+
+
+class RationaleRequest(Trajectory):
+    max_tokens: int = Field(default=128, ge=1, le=2048)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 = greedy.")
+    seed: int | None = None
+
+
+class RationaleResponse(Strict):
+    rationale: str
+    mean_logprob: float | None = Field(
+        description="Mean log-probability of the rationale's tokens; None when it is empty."
+    )
+    num_tokens: int
+    finish_reason: str
+
+
+# --------------------------------------------------------------------------------------------
+# POST /v1/propose
+
+
+class ProposeRequest(Trajectory):
+    n: int = Field(default=3, ge=1, description="Number of candidate next steps.")
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(default=None, description="Same seed, same candidates.")
+    max_tokens: int = Field(default=128, ge=1, le=2048)
+    few_shot: list[Demo] | None = Field(
+        default=None, description="Worked examples; None uses the role's default set."
+    )
+    system: str | None = Field(default=None, description="Overrides the role's system prompt.")
+    rationale: str | None = Field(
+        default=None,
+        description="Explicit supervision: a rationale the next step must follow. It opens "
+        "the next assistant turn as <BOT>rationale<EOT>; the candidates continue after it.",
+    )
+
+
+class Candidate(Strict):
+    text: str
+    mean_logprob: float | None
+    num_tokens: int
+    finish_reason: str
+
+
+class ProposeResponse(Strict):
+    candidates: list[Candidate]
+
+
+# --------------------------------------------------------------------------------------------
+# POST /v1/score
+
+
+class Aggregate(StrEnum):
+    mean = "mean"
+    sum = "sum"
+    decayed_sum = "decayed_sum"
+    decayed_mean = "decayed_mean"
+
+
+class ScoreRequest(Strict):
+    """Score continuations of one context in one batched pass.
+
+    With chat messages as context, each continuation is the next assistant turn, rendered by
+    the service's own chat template; with a raw string, each continuation is appended as is.
+    Only the continuation's tokens are scored, located by character offsets in the full text.
+    """
+
+    context: list[ChatMessage] | str = Field(
+        description="Chat messages (the continuation is the next assistant turn) or raw text."
+    )
+    continuations: list[NonEmptyStr] = Field(min_length=1)
+    decay: float = Field(default=1.0, gt=0.0, le=1.0, description="w_i = decay**i.")
+    aggregate: Aggregate = Field(default=Aggregate.mean, description="Which value is `score`.")
+    return_tokens: bool = Field(default=True, description="Include per-token logprobs.")
+
+    @field_validator("context")
+    @classmethod
+    def _context_not_empty(cls, v: list[ChatMessage] | str) -> list[ChatMessage] | str:
+        if isinstance(v, list) and not v:
+            raise ValueError("context must hold at least one message")
+        return v
+
+
+class TokenLogprob(Strict):
+    token: str
+    logprob: float
+
+
+class ContinuationScore(Strict):
+    score: float = Field(description="The aggregate the request asked for.")
+    sum: float
+    mean: float
+    decayed_sum: float
+    decayed_mean: float
+    num_tokens: int
+    tokens: list[TokenLogprob] | None = None
+
+
+class ScoreResponse(Strict):
+    scores: list[ContinuationScore]
+    prompt_tokens: int = Field(description="Distinct tokens scored, shared prefix counted once.")
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+class ErrorDetail(Strict):
+    type: str
+    message: str
+    request_id: str | None = None
+    field: str | None = None
+
+
+class ErrorBody(Strict):
+    error: ErrorDetail
