@@ -8,6 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -62,7 +63,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
-        first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
+        first: dict[str, Any] = dict(errors[0]) if errors else {"loc": ("body",)}
         field = _field_of(first.get("loc", ()))
         msg = first.get("msg", "invalid value")
         if first.get("type") == "json_invalid":
@@ -139,7 +140,9 @@ def install_middleware(
     accepted = [t for t in (token, *token_list) if t]
 
     @app.middleware("http")
-    async def _mw(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def _mw(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         rid = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
         request.state.request_id = rid
         reset = request_id_var.set(rid)

