@@ -21,6 +21,7 @@ _PHRASE_RE = re.compile(
     "|".join(re.escape(p) for p in END_PHRASES if not p.startswith("\\")), re.IGNORECASE
 )
 _BOXED = "\\boxed"
+_SENTENCE_END = re.compile(r"\.\s")
 # Characters stripped around an answer: separators after the phrase, markdown emphasis,
 # inline-math dollars and a closing full stop.
 _LEAD = " \t:=*$"
@@ -55,11 +56,11 @@ def extract_answer(text: str) -> str | None:
     """The answer stated last in ``text``, or None when there is none.
 
     "... The answer is: 12." gives ``"12"``; "\\boxed{\\frac{1}{2}}" gives ``"\\frac{1}{2}"``.
-    The text after a phrase is read up to the end of its line.
+    The text after a phrase is read up to the end of its line or sentence (". ").
     """
     candidates: list[tuple[int, str]] = []
     for match in _PHRASE_RE.finditer(text):
-        rest = text[match.end() :].split("\n", 1)[0]
+        rest = _SENTENCE_END.split(text[match.end() :].split("\n", 1)[0], maxsplit=1)[0]
         answer = rest.lstrip(_LEAD).rstrip(_TRAIL).strip()
         if answer:
             candidates.append((match.start(), answer))

@@ -15,8 +15,7 @@ import httpx
 from pydantic import BaseModel
 
 from shared.errors import ServiceUnavailable, UpstreamTimeout, from_body
-from shared.http import REQUEST_ID_HEADER
-from shared.logging import request_id_var
+from shared.logging import REQUEST_ID_HEADER, request_id_var
 from shared.schemas import (
     ProposeRequest,
     ProposeResponse,

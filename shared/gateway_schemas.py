@@ -11,8 +11,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, Field, StringConstraints, field_validator
 
+from shared.openai_schemas import Lenient, OAChatMessage
+from shared.openai_schemas import Usage as CompletionUsage
 from shared.schemas import Demo, NonEmptyStr, Strict
 
 Question = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
@@ -266,36 +268,12 @@ class SelectResponse(Strict):
 # OpenAI-compatible chat completions (extras tolerated)
 
 
-class Lenient(BaseModel):
-    """Base of OpenAI-compatible models: unknown fields are kept, not rejected."""
-
-    model_config = ConfigDict(extra="allow")
-
-
-class ContentPart(Lenient):
-    type: str
-    text: str | None = None
-
-
-class OpenAIMessage(Lenient):
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[ContentPart] | None = None
-
-    def text(self) -> str:
-        """The message's text; non-text parts are ignored."""
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(p.text or "" for p in self.content if p.type == "text")
-
-
-class ChatCompletionRequest(Lenient):
+class GatewayChatRequest(Lenient):
     """OpenAI chat request. The last user message is the question; extra body fields
     (`heuristic`, `n_candidates`, `max_steps`, ...) set the search options."""
 
     model: str = Field(description="Must be the served model name (`rationalyst`).")
-    messages: list[OpenAIMessage] = Field(min_length=1)
+    messages: list[OAChatMessage] = Field(min_length=1)
     stream: bool = False
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     seed: int | None = None
@@ -326,12 +304,6 @@ class ChatChoice(BaseModel):
     message: ChatMessageOut
     finish_reason: Literal["stop", "length"]
     logprobs: None = None
-
-
-class CompletionUsage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
 
 
 class ChatCompletion(BaseModel):
@@ -369,15 +341,3 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChunkChoice]
     rationalyst_step: StepTrace | None = None
     rationalyst: ReasonResponse | None = None
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "rationalyst"
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]

@@ -23,11 +23,11 @@ from prometheus_client import (
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.errors import ServiceError, Unauthorized
-from shared.logging import request_id_var
+from shared.logging import REQUEST_ID_HEADER, request_id_var
 
 logger = logging.getLogger(__name__)
 
-REQUEST_ID_HEADER = "X-Request-Id"
+__all__ = ["REQUEST_ID_HEADER", "HttpMetrics", "install_error_handlers", "install_middleware"]
 
 
 def request_id(request: Request) -> str | None:

@@ -7,6 +7,9 @@ import logging
 import sys
 from contextvars import ContextVar
 
+REQUEST_ID_HEADER = "X-Request-Id"
+"""Carries the request id on every hop."""
+
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 

@@ -1,0 +1,322 @@
+"""Gateway benchmark: /v1/reason against the original RATIONALYST call pattern, one run, the
+same model services.
+
+    python bench/bench_gateway.py [--requests 8] [--concurrency 8] [--max-steps 3] \
+        [--rationalyst-url U --agent-url U --scorer-url U]
+
+Without URLs it starts three model services on the embedded model (and always its own gateway
+subprocess) on free loopback ports, and stops them at the end.
+
+Two clients solve the same questions with the same budgets, ``--concurrency`` requests at once:
+
+- gateway:  POST /v1/reason (rationale || propose, duplicates merged, ONE /v1/score call per
+  step, stop on the answer step);
+- original: the original code's pattern, straight to the model services: per step the
+  rationale, then the agent's n=3 proposals, then one full-prompt /v1/score call per candidate,
+  serially; the stop is detected one step late (one extra step after the answer step).
+
+Printed: throughput of each and their ratio (goal >= 3), and the share of the gateway's wall
+time spent outside model services, from the trace timings (goal <= 3%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gateway.ensemble import (
+    ServiceProcess,
+    free_port,
+    gateway_command,
+    model_service_command,
+    start_process,
+    stop_processes,
+    wait_ready,
+)
+from gateway.prompts import scoring_context
+from shared.answers import contains_end_phrase
+from shared.fewshot import DEFAULT_DEMOS
+
+QUESTIONS = [
+    "Tom has 3 apples and buys 5 more. How many apples does he have now?",
+    "A pen costs 2 dollars. How much do 4 pens cost?",
+    "Sara had 10 candies and ate 4. How many candies are left?",
+    "A box holds 6 eggs. How many eggs are in 3 boxes?",
+    "Ben walks 2 km every day. How far does he walk in a week?",
+    "There are 12 birds on a tree and 5 fly away. How many birds remain?",
+    "A class has 4 rows of 7 desks. How many desks are there?",
+    "Lia reads 9 pages on Monday and 11 on Tuesday. How many pages did she read?",
+]
+
+
+@dataclass
+class RunStats:
+    name: str
+    wall_s: float = 0.0
+    latencies_s: list[float] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    calls: list[int] = field(default_factory=list)
+    errors: int = 0
+    overhead_ms: list[float] = field(default_factory=list)
+    total_ms: list[float] = field(default_factory=list)
+    fallbacks: int = 0
+    stage_ms: dict[str, list[float]] = field(default_factory=dict)
+
+    def merge(self, other: RunStats) -> None:
+        self.wall_s += other.wall_s
+        self.errors += other.errors
+        self.fallbacks += other.fallbacks
+        for stage, values in other.stage_ms.items():
+            self.stage_ms.setdefault(stage, []).extend(values)
+        for name in ("latencies_s", "steps", "calls", "overhead_ms", "total_ms"):
+            getattr(self, name).extend(getattr(other, name))
+
+    @property
+    def throughput(self) -> float:
+        done = len(self.latencies_s)
+        return done / self.wall_s if self.wall_s else 0.0
+
+
+async def gateway_request(
+    client: httpx.AsyncClient, url: str, question: str, seed: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    body = {
+        "question": question,
+        "n_candidates": 3,
+        "max_steps": args.max_steps,
+        "max_step_tokens": args.max_step_tokens,
+        "max_rationale_tokens": args.max_rationale_tokens,
+        "temperature": 0.7,
+        "seed": seed,
+    }
+    r = await client.post(f"{url}/v1/reason", json=body)
+    r.raise_for_status()
+    return dict(r.json())
+
+
+async def original_request(
+    client: httpx.AsyncClient, urls: dict[str, str], question: str, seed: int,
+    args: argparse.Namespace,
+) -> dict[str, Any]:  # fmt: skip
+    """The original call pattern: serial stages, one scoring request per candidate, the stop
+    detected one step late."""
+    steps: list[str] = []
+    calls = 0
+    for t in range(args.max_steps):
+        r = await client.post(
+            f"{urls['rationalyst']}/v1/rationale",
+            json={"question": question, "steps": steps, "max_tokens": args.max_rationale_tokens},
+        )
+        r.raise_for_status()
+        rationale = r.json()["rationale"]
+        r = await client.post(
+            f"{urls['agent']}/v1/propose",
+            json={
+                "question": question,
+                "steps": steps,
+                "n": 3,
+                "temperature": 0.7,
+                "seed": seed + t,
+                "max_tokens": args.max_step_tokens,
+            },
+        )
+        r.raise_for_status()
+        candidates = [c["text"].strip() or "." for c in r.json()["candidates"]]
+        calls += 2
+        context = [
+            m.model_dump() for m in scoring_context(question, steps, DEFAULT_DEMOS, rationale)
+        ]
+        scores = []
+        for cand in candidates:  # serial, each re-sending the whole prompt
+            r = await client.post(
+                f"{urls['scorer']}/v1/score",
+                json={"context": context, "continuations": [cand], "return_tokens": False},
+            )
+            r.raise_for_status()
+            scores.append(r.json()["scores"][0]["mean"])
+            calls += 1
+        steps.append(candidates[max(range(len(scores)), key=scores.__getitem__)])
+        if t >= 1 and contains_end_phrase(steps[-2]):  # one step late
+            break
+    return {"steps": steps, "calls": calls}
+
+
+async def run_pattern(
+    name: str, args: argparse.Namespace, call: Any, *, timeout_s: float
+) -> RunStats:
+    stats = RunStats(name)
+    sem = asyncio.Semaphore(args.concurrency)
+    async with httpx.AsyncClient(timeout=timeout_s) as client:
+
+        async def one(i: int) -> None:
+            async with sem:
+                start = time.perf_counter()
+                try:
+                    res = await call(client, QUESTIONS[i % len(QUESTIONS)], 1000 + i)
+                except httpx.HTTPError as exc:
+                    stats.errors += 1
+                    print(f"  {name} request {i} failed: {exc!r}", file=sys.stderr)
+                    return
+                stats.latencies_s.append(time.perf_counter() - start)
+                stats.steps.append(len(res["steps"]))
+                if "usage" in res:
+                    stats.calls.append(sum(u["calls"] for u in res["usage"].values()))
+                    stats.overhead_ms.append(res["timings"]["overhead_ms"])
+                    stats.total_ms.append(res["timings"]["total_ms"])
+                    stats.fallbacks += bool(res["fallbacks"] or res["deadline_reached"])
+                    for step in res["trace"]:
+                        for stage in ("rationale_ms", "propose_ms", "score_ms", "total_ms"):
+                            if step["timings"][stage] is not None:
+                                stats.stage_ms.setdefault(stage, []).append(step["timings"][stage])
+                else:
+                    stats.calls.append(res["calls"])
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(args.requests)))
+        stats.wall_s = time.perf_counter() - start
+    return stats
+
+
+def report(gw: RunStats, orig: RunStats, args: argparse.Namespace) -> None:
+    def mean(values: list[float] | list[int]) -> float:
+        return statistics.fmean(values) if values else math.nan
+
+    def row(s: RunStats) -> str:
+        return (
+            f"{s.name:<10} {len(s.latencies_s):>4}/{args.requests * args.rounds:<3} "
+            f"{s.wall_s:>8.1f}s "
+            f"{s.throughput * 60:>9.2f}/min {mean(s.latencies_s):>8.1f}s "
+            f"{mean(s.steps):>6.2f} {mean(s.calls):>7.1f}"
+        )
+
+    print()
+    print(
+        f"rounds={args.rounds} requests/round={args.requests} concurrency={args.concurrency} "
+        f"max_steps={args.max_steps} "
+        f"n=3 max_step_tokens={args.max_step_tokens} max_rationale_tokens="
+        f"{args.max_rationale_tokens}"
+    )
+    print(f"{'pattern':<10} {'done':>8} {'wall':>9} {'throughput':>13} {'latency':>9} "
+          f"{'steps':>6} {'calls':>7}")  # fmt: skip
+    print(row(gw))
+    print(row(orig))
+    ratio = gw.throughput / orig.throughput if orig.throughput else math.nan
+    print(f"\nthroughput ratio gateway / original: {ratio:.2f}x (goal >= 3)")
+    if gw.total_ms:
+        share = sum(gw.overhead_ms) / sum(gw.total_ms)
+        print(
+            f"gateway time outside model services (trace timings): {share * 100:.2f}% "
+            f"(mean {statistics.fmean(gw.overhead_ms):.1f} ms per request; goal <= 3%)"
+        )
+    if gw.stage_ms:
+        stages = ", ".join(
+            f"{k.removesuffix('_ms')} {statistics.fmean(v) / 1000:.1f}s"
+            for k, v in gw.stage_ms.items()
+        )
+        print(f"gateway mean per step: {stages} (rationale and propose overlap)")
+    if orig.latencies_s and gw.latencies_s:
+        ratio_latency = statistics.fmean(orig.latencies_s) / statistics.fmean(gw.latencies_s)
+        print(f"mean latency ratio original / gateway: {ratio_latency:.2f}x")
+    if gw.fallbacks:
+        print(f"WARNING: {gw.fallbacks} gateway response(s) degraded or hit a deadline")
+    if gw.errors or orig.errors:
+        print(f"errors: gateway {gw.errors}, original {orig.errors}")
+
+
+async def main_async(args: argparse.Namespace, urls: dict[str, str], gateway_url: str) -> None:
+    async def gw_call(client: httpx.AsyncClient, q: str, seed: int) -> dict[str, Any]:
+        return await gateway_request(client, gateway_url, q, seed, args)
+
+    async def orig_call(client: httpx.AsyncClient, q: str, seed: int) -> dict[str, Any]:
+        return await original_request(client, urls, q, seed, args)
+
+    # Warm-up: one request each, so that lazy initialization is not measured.
+    await run_pattern("warmup", argparse.Namespace(**{**vars(args), "requests": 1}), gw_call,
+                      timeout_s=args.timeout)  # fmt: skip
+    calls = {"gateway": gw_call, "original": orig_call}
+    results = {name: RunStats(name) for name in calls}
+    for round_index in range(args.rounds):
+        # Alternate the order per round so that drifting machine load hits both alike.
+        order = ["gateway", "original"]
+        if (round_index % 2 == 1) != args.original_first:
+            order.reverse()
+        for name in order:
+            print(f"round {round_index + 1}: running {name} ...", file=sys.stderr)
+            stats = await run_pattern(name, args, calls[name], timeout_s=args.timeout)
+            print(f"  {stats.wall_s:.1f}s, {len(stats.latencies_s)} done", file=sys.stderr)
+            results[name].merge(stats)
+    report(results["gateway"], results["original"], args)
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--requests", type=int, default=8)
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--max-steps", type=int, default=3)
+    p.add_argument("--max-step-tokens", type=int, default=32)
+    p.add_argument("--max-rationale-tokens", type=int, default=32)
+    p.add_argument("--timeout", type=float, default=1800.0)
+    p.add_argument("--rounds", type=int, default=1, help="Alternating rounds of both.")
+    p.add_argument("--original-first", action="store_true", help="Run the baseline first.")
+    p.add_argument("--model", default=None, help="Model for the services this script starts.")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per service.")
+    for role in ("rationalyst", "agent", "scorer"):
+        p.add_argument(f"--{role}-url", default=None)
+    args = p.parse_args()
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # stop the children on `kill`/`timeout`
+
+    procs: list[ServiceProcess] = []
+    log_dir = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    try:
+        urls: dict[str, str] = {}
+        # The services must not time out before the client does on a loaded machine.
+        env = {"MODEL_SERVER_REQUEST_TIMEOUT_S": str(args.timeout)}
+        if args.threads:
+            env["MODEL_SERVER_THREADS"] = str(args.threads)
+        for role in ("rationalyst", "agent", "scorer"):
+            given = getattr(args, f"{role}_url")
+            if given:
+                urls[role] = given
+                continue
+            port = free_port()
+            urls[role] = f"http://127.0.0.1:{port}"
+            cmd = model_service_command(role, port, model=args.model)
+            procs.append(start_process(role, cmd, urls[role], log_dir=log_dir, env=env))
+        gw_port = free_port()
+        gateway_url = f"http://127.0.0.1:{gw_port}"
+        procs.append(
+            start_process(
+                "gateway",
+                gateway_command(gw_port, urls),
+                gateway_url,
+                log_dir=log_dir,
+                env={"GATEWAY_LOG_LEVEL": "WARNING", "GATEWAY_UPSTREAM_TIMEOUT_S": "1800"},
+            )
+        )
+        print(f"waiting for services (logs in {log_dir}) ...", file=sys.stderr)
+        wait_ready(procs, timeout_s=900)
+        asyncio.run(main_async(args, urls, gateway_url))
+    finally:
+        stop_processes(procs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""The gateway's FastAPI app factory."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from gateway.metrics import GatewayMetrics
+from gateway.routes import router
+from gateway.settings import GatewaySettings
+from gateway.state import GatewayState, Limiter
+from gateway.upstreams import Upstreams, build_upstreams
+from shared.http import install_error_handlers, install_middleware
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: GatewaySettings, *, clients: Upstreams | None = None) -> FastAPI:
+    """Build the app. Without ``clients`` the lifespan opens one ModelServiceClient per model
+    service (the settings' URLs, timeouts and internal token) and closes them at shutdown."""
+    metrics = GatewayMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        upstreams = clients if clients is not None else build_upstreams(settings)
+        app.state.gateway = GatewayState(
+            settings=settings,
+            upstreams=upstreams,
+            metrics=metrics,
+            limiter=Limiter(settings.max_concurrent_requests, settings.queue_timeout_s),
+        )
+        logger.info(
+            "gateway up: rationalyst=%s agent=%s scorer=%s auth=%s",
+            settings.rationalyst_url,
+            settings.agent_url,
+            settings.scorer_url,
+            "on" if settings.api_keys else "off",
+        )
+        try:
+            yield
+        finally:
+            app.state.gateway = None
+            if clients is None:
+                await upstreams.aclose()
+
+    app = FastAPI(
+        title="rationalyst gateway",
+        version="0.1.0",
+        description="Step-by-step reasoning with process supervision (RATIONALYST).",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    install_middleware(app, metrics.http, token_list=settings.api_key_values())
+    app.include_router(router)
+    return app

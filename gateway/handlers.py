@@ -1,0 +1,225 @@
+"""What each gateway endpoint does, apart from HTTP: check limits, hold a concurrency slot, run
+the loop, record metrics, and frame streams. Raises :mod:`shared.errors` only.
+
+Streaming: the first step is computed BEFORE the response starts, so a failure on the first
+step (agent down, strict mode) is an ordinary error response with its HTTP status. After the
+stream has started, an error is sent as the stream's last event (SSE ``event: error`` with the
+envelope; for OpenAI chunks a ``data: {"error": ...}`` line, which the openai client raises as
+an APIError) and the stream ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+from gateway import loop
+from gateway.openai_compat import ChunkWriter, to_chat_completion, to_reason_request
+from gateway.state import GatewayState
+from gateway.upstreams import SERVICES, ServiceName
+from shared.errors import InternalError, InvalidRequest, ServiceError, ServiceUnavailable
+from shared.gateway_schemas import (
+    ChatCompletion,
+    GatewayChatRequest,
+    ReasonRequest,
+    ReasonResponse,
+    SelectRequest,
+    SelectResponse,
+    StepTrace,
+)
+
+logger = logging.getLogger(__name__)
+
+Item = StepTrace | ReasonResponse
+
+
+def check_question(question: str, state: GatewayState) -> None:
+    limit = state.settings.max_question_chars
+    if len(question) > limit:
+        raise InvalidRequest(
+            f"question: {len(question)} characters; at most {limit} are accepted",
+            field="question",
+        )
+
+
+async def readiness(state: GatewayState) -> dict[str, Any]:
+    """Ready when all three model services answer /ready; else 503 naming those that do not."""
+    clients = state.upstreams.by_name()
+
+    async def check(name: ServiceName) -> bool:
+        try:
+            return await asyncio.wait_for(clients[name].ready(), state.settings.ready_timeout_s)
+        except (TimeoutError, OSError):
+            return False
+
+    results = await asyncio.gather(*(check(name) for name in SERVICES))
+    down = [name for name, ok in zip(SERVICES, results, strict=True) if not ok]
+    if down:
+        raise ServiceUnavailable(f"model services not ready: {', '.join(down)}")
+    return {"status": "ready", "services": dict.fromkeys(SERVICES, "ready")}
+
+
+async def reason(state: GatewayState, req: ReasonRequest, request_id: str | None) -> ReasonResponse:
+    check_question(req.question, state)
+    async with state.limiter.slot():
+        try:
+            response = await loop.reason(
+                req,
+                state.upstreams,
+                max_deadline_s=state.settings.max_deadline_s,
+                request_id=request_id,
+            )
+        except ServiceError as exc:
+            state.metrics.observe_error("reason", exc)
+            raise
+    state.metrics.observe_reason(response)
+    _log_payload(state, response)
+    return response
+
+
+def _log_payload(state: GatewayState, response: ReasonResponse) -> None:
+    """Questions and steps may be private: logged only with GATEWAY_LOG_PAYLOADS."""
+    if state.settings.log_payloads:
+        logger.info(
+            "question=%r steps=%r answer=%r", response.question, response.steps, response.answer
+        )
+
+
+async def select(state: GatewayState, req: SelectRequest, request_id: str | None) -> SelectResponse:
+    check_question(req.question, state)
+    async with state.limiter.slot():
+        try:
+            response = await loop.select(req, state.upstreams, request_id=request_id)
+        except ServiceError as exc:
+            state.metrics.observe_error("select", exc)
+            raise
+    state.metrics.observe_select(response)
+    return response
+
+
+async def chat_completion(
+    state: GatewayState, chat: GatewayChatRequest, request_id: str | None
+) -> ChatCompletion:
+    req, warnings = to_reason_request(chat, state.settings.served_model_name)
+    response = await reason(state, req, request_id)
+    response.warnings[:0] = warnings
+    return to_chat_completion(response, state.settings.served_model_name)
+
+
+# --------------------------------------------------------------------------------------------
+# Streams
+
+
+class SearchStream:
+    """A started search: its first item (already computed) and the rest, holding a
+    concurrency slot until :meth:`aclose` (idempotent; also run as the response's background
+    task, so the slot is freed even when the client leaves before the body starts)."""
+
+    def __init__(self, state: GatewayState, first: Item, rest: AsyncGenerator[Item, None]) -> None:
+        self.state = state
+        self.first = first
+        self.rest = rest
+        self._closed = False
+
+    async def items(self) -> AsyncIterator[Item]:
+        yield self.first
+        async for item in self.rest:
+            yield item
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self.rest.aclose()
+        finally:
+            self.state.limiter.release()
+
+
+async def open_stream(
+    state: GatewayState, req: ReasonRequest, request_id: str | None, endpoint: str
+) -> SearchStream:
+    """Check the request, take a slot and run the search up to its first item."""
+    check_question(req.question, state)
+    await state.limiter.acquire()
+    reasoner = loop.Reasoner(
+        req, state.upstreams, max_deadline_s=state.settings.max_deadline_s, request_id=request_id
+    )
+    items = reasoner.run()
+    try:
+        first = await anext(items)
+    except BaseException as exc:
+        await items.aclose()
+        state.limiter.release()
+        if isinstance(exc, ServiceError):
+            state.metrics.observe_error(endpoint, exc)
+        raise
+    return SearchStream(state, first, items)
+
+
+def _error_body(exc: BaseException, request_id: str | None) -> dict[str, Any]:
+    if isinstance(exc, ServiceError):
+        return exc.body(request_id)
+    logger.exception("unexpected error in a stream", exc_info=exc)
+    return InternalError(f"internal error ({type(exc).__name__}); see the gateway log").body(
+        request_id
+    )
+
+
+def _sse(event: str, data: str) -> str:
+    return f"event: {event}\ndata: {data}\n\n"
+
+
+async def reason_events(stream: SearchStream, request_id: str | None) -> AsyncIterator[str]:
+    """SSE body of /v1/reason: ``event: step`` per step, ``event: done`` with the response,
+    or ``event: error`` with the envelope as the last event."""
+    metrics = stream.state.metrics
+    try:
+        async for item in stream.items():
+            if isinstance(item, StepTrace):
+                yield _sse("step", item.model_dump_json())
+            else:
+                metrics.observe_reason(item)
+                _log_payload(stream.state, item)
+                yield _sse("done", item.model_dump_json())
+    except Exception as exc:
+        if isinstance(exc, ServiceError):
+            metrics.observe_error("reason", exc)
+        yield _sse("error", json.dumps(_error_body(exc, request_id)))
+    finally:
+        await stream.aclose()
+
+
+async def open_chat_stream(
+    state: GatewayState, chat: GatewayChatRequest, request_id: str | None
+) -> tuple[SearchStream, list[str]]:
+    req, warnings = to_reason_request(chat, state.settings.served_model_name)
+    return await open_stream(state, req, request_id, "chat"), warnings
+
+
+async def chat_chunks(
+    stream: SearchStream, warnings: list[str], request_id: str | None
+) -> AsyncIterator[str]:
+    """OpenAI stream body: a role chunk, one content chunk per step (steps joined by
+    newlines), a final chunk with finish_reason and the whole trace, then ``[DONE]``."""
+    metrics = stream.state.metrics
+    writer = ChunkWriter(stream.state.settings.served_model_name)
+    try:
+        yield f"data: {writer.role()}\n\n"
+        async for item in stream.items():
+            if isinstance(item, StepTrace):
+                yield f"data: {writer.step(item)}\n\n"
+            else:
+                item.warnings[:0] = warnings
+                metrics.observe_reason(item, "chat")
+                yield f"data: {writer.done(item)}\n\n"
+    except Exception as exc:
+        if isinstance(exc, ServiceError):
+            metrics.observe_error("chat", exc)
+        yield f"data: {json.dumps(_error_body(exc, request_id))}\n\n"
+    finally:
+        await stream.aclose()
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,87 @@
+"""Settings of the gateway. Environment variables carry the prefix ``GATEWAY_``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Self
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from shared.settings import CommonSettings
+
+
+class GatewaySettings(CommonSettings):
+    """The public reasoning API in front of the three model services."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    port: int = Field(default=8100, ge=1, le=65535, description="Port to bind.")
+    rationalyst_url: str = Field(
+        default="http://127.0.0.1:8101", description="Base URL of the rationalyst model service."
+    )
+    agent_url: str = Field(
+        default="http://127.0.0.1:8102", description="Base URL of the agent model service."
+    )
+    scorer_url: str = Field(
+        default="http://127.0.0.1:8103", description="Base URL of the scorer model service."
+    )
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated API keys. When set, every /v1 route requires "
+        "`Authorization: Bearer <key>`; keys are never logged.",
+    )
+    upstream_timeout_s: float = Field(
+        default=120.0, gt=0, description="Read timeout of one model-service call (then 504)."
+    )
+    connect_timeout_s: float = Field(
+        default=5.0, gt=0, description="Connect timeout of one model-service call."
+    )
+    connect_retries: int = Field(
+        default=2, ge=0, description="Retries of a refused connection (never of a timeout)."
+    )
+    ready_timeout_s: float = Field(
+        default=5.0, gt=0, description="Timeout of each upstream /ready check done by /ready."
+    )
+    max_deadline_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Cap on a request's wall time; past it the best trajectory so far is "
+        "returned with `deadline_reached` (a request's own deadline_s may be shorter).",
+    )
+    max_question_chars: int = Field(
+        default=4000, ge=1, description="Longest question accepted (422 beyond)."
+    )
+    max_concurrent_requests: int = Field(
+        default=32, ge=1, description="Searches run at once; further requests wait in a queue."
+    )
+    queue_timeout_s: float = Field(
+        default=30.0, gt=0, description="How long a request waits for a slot before a 503."
+    )
+    served_model_name: str = Field(
+        default="rationalyst",
+        description="Model name of the OpenAI-compatible endpoint (/v1/models lists it).",
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [k.strip() for k in v.split(",") if k.strip()]
+        return v
+
+    @field_validator("rationalyst_url", "agent_url", "scorer_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {v!r}")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.connect_timeout_s > self.upstream_timeout_s:
+            raise ValueError("connect_timeout_s cannot exceed upstream_timeout_s")
+        return self
+
+    def api_key_values(self) -> list[str]:
+        """The accepted API keys in clear (for the auth middleware only)."""
+        return [k.get_secret_value() for k in self.api_keys]

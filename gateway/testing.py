@@ -1,0 +1,119 @@
+"""In-memory stand-ins for the model services, for unit tests of the loop and the app.
+
+A :class:`FakeModelService` answers like the real service from a small script: the agent's
+candidates per step, the scorer's score per candidate text, the rationalyst's rationale. It
+records every request, can fail (raise a typed error) from a given call on, and can be slow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.upstreams import Upstreams
+from shared.errors import ServiceError
+from shared.schemas import (
+    Candidate,
+    ContinuationScore,
+    ProposeRequest,
+    ProposeResponse,
+    RationaleRequest,
+    RationaleResponse,
+    ScoreRequest,
+    ScoreResponse,
+)
+
+ProposeScript = Sequence[Sequence[str]] | Callable[[ProposeRequest], Sequence[str]]
+"""Candidates per step (indexed by the number of steps so far; the last entry repeats), or a
+function of the request."""
+
+
+@dataclass
+class FakeModelService:
+    """One fake model service; serves every endpoint like the real one does."""
+
+    name: str
+    proposals: ProposeScript = (("Step one.", "Step two.", "Step three."),)
+    scores: dict[str, float] | Callable[[ScoreRequest], Sequence[float]] = field(
+        default_factory=dict
+    )
+    default_score: float = -1.0
+    rationale_text: str | Callable[[RationaleRequest], str] = "think about the next step"
+    fail: ServiceError | None = None
+    fail_from_call: int = 0
+    """``fail`` is raised by every call numbered >= this (0 = from the first call)."""
+    delay_s: float = 0.0
+    ready_ok: bool = True
+    calls: list[tuple[str, Any]] = field(default_factory=list)
+    closed: bool = False
+
+    async def _enter(self, kind: str, req: Any) -> None:
+        self.calls.append((kind, req))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.fail is not None and len(self.calls) > self.fail_from_call:
+            raise self.fail
+
+    def requests(self, kind: str) -> list[Any]:
+        return [req for k, req in self.calls if k == kind]
+
+    async def rationale(self, req: RationaleRequest) -> RationaleResponse:
+        await self._enter("rationale", req)
+        text = self.rationale_text(req) if callable(self.rationale_text) else self.rationale_text
+        return RationaleResponse(
+            rationale=text, mean_logprob=-0.5, num_tokens=len(text.split()), finish_reason="stop"
+        )
+
+    async def propose(self, req: ProposeRequest) -> ProposeResponse:
+        await self._enter("propose", req)
+        if callable(self.proposals):
+            texts = list(self.proposals(req))
+        else:
+            script = self.proposals[min(len(req.steps), len(self.proposals) - 1)]
+            texts = [script[i % len(script)] for i in range(req.n)]
+        return ProposeResponse(
+            candidates=[
+                Candidate(
+                    text=t, mean_logprob=-0.4, num_tokens=len(t.split()), finish_reason="stop"
+                )
+                for t in texts
+            ]
+        )
+
+    async def score(self, req: ScoreRequest) -> ScoreResponse:
+        await self._enter("score", req)
+        if callable(self.scores):
+            values = list(self.scores(req))
+        else:
+            values = [self.scores.get(c, self.default_score) for c in req.continuations]
+        return ScoreResponse(
+            scores=[
+                ContinuationScore(
+                    score=v, sum=v, mean=v, decayed_sum=v, decayed_mean=v, num_tokens=1
+                )
+                for v in values
+            ],
+            prompt_tokens=100 + len(values),
+        )
+
+    async def ready(self) -> bool:
+        return self.ready_ok
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def fake_upstreams(
+    *,
+    rationalyst: FakeModelService | None = None,
+    agent: FakeModelService | None = None,
+    scorer: FakeModelService | None = None,
+) -> Upstreams:
+    """Three fakes (defaults where not given)."""
+    return Upstreams(
+        rationalyst=rationalyst or FakeModelService("rationalyst"),
+        agent=agent or FakeModelService("agent"),
+        scorer=scorer or FakeModelService("scorer"),
+    )

@@ -1,0 +1,77 @@
+"""The three model services the gateway calls, behind one small protocol.
+
+:class:`shared.clients.ModelServiceClient` satisfies :class:`ModelClient`; unit tests pass
+fakes. Nothing here imports FastAPI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from gateway.settings import GatewaySettings
+from shared.clients import ModelServiceClient
+from shared.schemas import (
+    ProposeRequest,
+    ProposeResponse,
+    RationaleRequest,
+    RationaleResponse,
+    ScoreRequest,
+    ScoreResponse,
+)
+
+ServiceName = Literal["rationalyst", "agent", "scorer"]
+SERVICES: tuple[ServiceName, ...] = ("rationalyst", "agent", "scorer")
+
+
+class ModelClient(Protocol):
+    """What the gateway asks of one model service."""
+
+    name: str
+
+    async def rationale(self, req: RationaleRequest) -> RationaleResponse: ...
+
+    async def propose(self, req: ProposeRequest) -> ProposeResponse: ...
+
+    async def score(self, req: ScoreRequest) -> ScoreResponse: ...
+
+    async def ready(self) -> bool: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Upstreams:
+    """One client per role."""
+
+    rationalyst: ModelClient
+    agent: ModelClient
+    scorer: ModelClient
+
+    def by_name(self) -> dict[ServiceName, ModelClient]:
+        return {"rationalyst": self.rationalyst, "agent": self.agent, "scorer": self.scorer}
+
+    async def aclose(self) -> None:
+        for client in self.by_name().values():
+            await client.aclose()
+
+
+def build_upstreams(settings: GatewaySettings) -> Upstreams:
+    """One :class:`ModelServiceClient` per role with the settings' timeouts and token."""
+    token = settings.internal_token.get_secret_value() if settings.internal_token else None
+
+    def client(name: ServiceName, url: str) -> ModelServiceClient:
+        return ModelServiceClient(
+            name,
+            url,
+            token=token,
+            timeout=settings.upstream_timeout_s,
+            connect_timeout=settings.connect_timeout_s,
+            connect_retries=settings.connect_retries,
+        )
+
+    return Upstreams(
+        rationalyst=client("rationalyst", settings.rationalyst_url),
+        agent=client("agent", settings.agent_url),
+        scorer=client("scorer", settings.scorer_url),
+    )
