@@ -1,0 +1,298 @@
+"""Commands: ``rationalyst eval run | select | tasks`` and ``rationalyst data pull | path``.
+
+``app`` (eval) and ``data_app`` (data) are mounted by the root CLI (:mod:`services.cli`).
+Heavy imports happen inside the commands, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from shared.gateway_schemas import Heuristic
+
+app = typer.Typer(
+    help="Evaluate heuristics through the gateway: accuracy per task, step selection.",
+    add_completion=False,
+    no_args_is_help=True,
+)
+data_app = typer.Typer(
+    help="The data cache (BIG-bench task files).", add_completion=False, no_args_is_help=True
+)
+
+TasksOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--tasks", "-t", help="Task names, comma-separated or repeated (see `eval tasks`); "
+        "jsonl:<path> for a file of your own.",
+    ),
+]  # fmt: skip
+GatewayOpt = Annotated[
+    str, typer.Option(envvar="RATIONALYST_GATEWAY_URL", help="Gateway base URL.")
+]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(envvar="RATIONALYST_API_KEY", help="Gateway bearer key, if it needs one."),
+]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (resumes if it exists).")]
+
+
+def _split(values: list[str]) -> list[str]:
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+def _heuristics(values: list[str]) -> list[Heuristic]:
+    names = _split(values)
+    try:
+        return [Heuristic(n) for n in names]
+    except ValueError as exc:
+        known = ", ".join(h.value for h in Heuristic)
+        raise typer.BadParameter(f"{exc}; known heuristics: {known}") from exc
+
+
+def _logging() -> None:
+    from shared.logging import configure_logging
+
+    configure_logging(os.environ.get("LOG_LEVEL", "WARNING"))
+
+
+class RichProgress:
+    """A rich progress bar with the running accuracy."""
+
+    def __init__(self, description: str) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.description = description
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        self.task_id: Any = None
+        self.correct = self.answered = self.errors = 0
+
+    def __enter__(self) -> RichProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def planned(self, total: int, done: int) -> None:
+        status = f"{done} done before" if done else ""
+        self.task_id = self.progress.add_task(
+            self.description, total=total, completed=done, status=status
+        )
+
+    def completed(self, record: dict[str, Any]) -> None:
+        if record.get("error"):
+            self.errors += 1
+        else:
+            self.answered += 1
+            self.correct += bool(record.get("correct"))
+        status = f"acc {self.correct}/{self.answered}"
+        if self.errors:
+            status += f", {self.errors} errors"
+        self.progress.update(self.task_id, advance=1, status=status)
+
+
+def _print_cells(title: str, cells: list[Any], selection: bool = False) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("Task", "Heuristic", "n", "Accuracy", "95% CI"):
+        table.add_column(col)
+    table.add_column("Chance" if selection else "Unparsed")
+    table.add_column("Errors")
+    for c in cells:
+        acc = "–" if c.accuracy is None else f"{100 * c.accuracy:.1f}%"
+        ci = f"[{100 * c.ci_low:.1f}, {100 * c.ci_high:.1f}]" if c.n else "–"
+        extra = (
+            f"{100 * c.chance:.1f}%"
+            if selection
+            else ("–" if c.unparsed_rate is None else f"{100 * c.unparsed_rate:.1f}%")
+        )
+        table.add_row(c.task, c.heuristic, str(c.n), acc, ci, extra, str(c.errors))
+    Console().print(table)
+
+
+@app.command("run")
+def run(
+    tasks: TasksOpt,
+    out: OutOpt,
+    heuristics: Annotated[
+        list[str], typer.Option("--heuristics", "-H", help="Comma-separated or repeated.")
+    ] = ["rationalyst", "greedy"],  # noqa: B006 - typer reads the default
+    n: Annotated[int, typer.Option(help="Examples per task.")] = 20,
+    seed: Annotated[int, typer.Option(help="Picks examples and seeds requests.")] = 0,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 4,
+    gateway_url: GatewayOpt = "http://127.0.0.1:8100",
+    api_key: ApiKeyOpt = None,
+    n_candidates: Annotated[int, typer.Option(help="Candidates per step.")] = 3,
+    max_steps: Annotated[int, typer.Option(help="Most steps per solution.")] = 15,
+    max_step_tokens: Annotated[int | None, typer.Option(help="Most tokens per step.")] = None,
+    max_rationale_tokens: Annotated[
+        int | None, typer.Option(help="Most tokens per rationale.")
+    ] = None,
+    temperature: Annotated[float | None, typer.Option(help="Agent temperature.")] = None,
+    deadline: Annotated[float | None, typer.Option(help="Seconds per request.")] = None,
+    few_shot: Annotated[str, typer.Option(help="task, default (gateway's) or none.")] = "task",
+    shots: Annotated[int, typer.Option(help="Demos per request (few-shot=task).")] = 3,
+    strict: Annotated[bool, typer.Option(help="Fail instead of falling back.")] = False,
+    label: Annotated[str | None, typer.Option(help="Text for the report (models).")] = None,
+    timeout: Annotated[float, typer.Option(help="Client timeout per request (s).")] = 900.0,
+) -> None:
+    """Accuracy of each heuristic on each task through POST /v1/reason (resumable)."""
+    from pydantic import ValidationError
+
+    from services.worker.evaluation.runner import run_evaluation
+    from services.worker.evaluation.spec import EvalSpec
+    from shared.errors import ServiceError
+    from shared.tasks import DataMissingError, UnknownTaskError
+
+    _logging()
+    try:
+        spec = EvalSpec(
+            tasks=_split(tasks), heuristics=_heuristics(heuristics), n=n, seed=seed,
+            concurrency=concurrency, gateway_url=gateway_url, api_key=api_key, out_dir=out,
+            n_candidates=n_candidates, max_steps=max_steps, max_step_tokens=max_step_tokens,
+            max_rationale_tokens=max_rationale_tokens, temperature=temperature,
+            deadline_s=deadline, few_shot=few_shot, shots=shots, strict=strict, label=label,
+            request_timeout_s=timeout,
+        )  # fmt: skip
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    try:
+        with RichProgress("eval") as progress:
+            result = asyncio.run(run_evaluation(spec, progress=progress))
+    except (DataMissingError, UnknownTaskError, ServiceError, ValueError) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    _print_cells("Accuracy", result.cells)
+    typer.echo(f"report:  {result.report_path}")
+    typer.echo(f"results: {result.results_path} ({result.requested} new, {result.skipped} resumed)")
+    if result.errors:
+        typer.secho(f"{result.errors} requests failed; run again to retry them", fg="yellow")
+        raise typer.Exit(1)
+
+
+@app.command("select")
+def select(
+    tasks: TasksOpt,
+    out: OutOpt,
+    heuristics: Annotated[
+        list[str], typer.Option("--heuristics", "-H", help="Scoring heuristics.")
+    ] = ["rationalyst", "likelihood", "random"],  # noqa: B006 - typer reads the default
+    n: Annotated[int, typer.Option(help="Items per task.")] = 20,
+    k: Annotated[int, typer.Option(help="Candidates per item, the gold one included.")] = 4,
+    seed: Annotated[int, typer.Option(help="Picks items and corruptions.")] = 0,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 4,
+    gateway_url: GatewayOpt = "http://127.0.0.1:8100",
+    api_key: ApiKeyOpt = None,
+    few_shot: Annotated[str, typer.Option(help="task, default (gateway's) or none.")] = "task",
+    shots: Annotated[int, typer.Option(help="Demos in the scorer's context.")] = 3,
+    label: Annotated[str | None, typer.Option(help="Text for the report (models).")] = None,
+    timeout: Annotated[float, typer.Option(help="Client timeout per request (s).")] = 900.0,
+) -> None:
+    """How often each heuristic ranks the gold next step first (POST /v1/select)."""
+    from pydantic import ValidationError
+
+    from services.worker.evaluation.selection import run_selection
+    from services.worker.evaluation.spec import SelectionSpec
+    from shared.errors import ServiceError
+    from shared.tasks import DataMissingError, UnknownTaskError
+
+    _logging()
+    try:
+        spec = SelectionSpec(
+            tasks=_split(tasks), heuristics=_heuristics(heuristics), n=n, k=k, seed=seed,
+            concurrency=concurrency, gateway_url=gateway_url, api_key=api_key, out_dir=out,
+            few_shot=few_shot, shots=shots, label=label, request_timeout_s=timeout,
+        )  # fmt: skip
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    try:
+        with RichProgress("select") as progress:
+            result = asyncio.run(run_selection(spec, progress=progress))
+    except (DataMissingError, UnknownTaskError, ServiceError, ValueError) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    _print_cells("Step selection (top-1)", result.cells, selection=True)
+    typer.echo(f"report:  {result.report_path}")
+    if result.errors:
+        typer.secho(f"{result.errors} requests failed; run again to retry them", fg="yellow")
+        raise typer.Exit(1)
+
+
+@app.command("tasks")
+def tasks_command() -> None:
+    """List the built-in tasks and whether their data is present."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from shared.tasks.data import missing_files
+    from shared.tasks.registry import builtin_tasks
+
+    missing = missing_files()
+    table = Table(title="Tasks (also: jsonl:<path>)")
+    for col in ("Task", "Source", "Answer", "Data", "Description"):
+        table.add_column(col)
+    for name, task in sorted(builtin_tasks().items()):
+        file = getattr(task, "file", None)
+        data = "generated" if file is None else ("missing" if file in missing else "ok")
+        table.add_row(name, task.source, task.kind.value, data, task.description)
+    Console().print(table)
+    if missing:
+        typer.echo("Missing BIG-bench files: run `rationalyst data pull`.")
+
+
+@data_app.command("pull")
+def data_pull(
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data cache (default $RATIONALYST_DATA_DIR or ~/.cache).")
+    ] = None,
+    sdist: Annotated[
+        Path | None, typer.Option(help="Use this bigbench-1.0.0.tar.gz instead of downloading.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Extract the files again.")] = False,
+) -> None:
+    """Fetch the BIG-bench task files (bigbench==1.0.0 sdist, once); no-op when present."""
+    from rich.console import Console
+
+    from shared.tasks.data import missing_files, pull
+
+    _logging()
+    console = Console(stderr=True)
+    if not force and not missing_files(data_dir):
+        typer.echo(str(pull(data_dir)))
+        return
+    with console.status("Downloading the bigbench sdist (358 MB) and extracting task files..."):
+        root = pull(data_dir, sdist=sdist, force=force, on_file=lambda f: console.print(f"  {f}"))
+    typer.echo(str(root))
+
+
+@data_app.command("path")
+def data_path(
+    data_dir: Annotated[Path | None, typer.Option(help="Data cache.")] = None,
+) -> None:
+    """Print the BIG-bench data folder and any missing files."""
+    from shared.tasks.data import bigbench_dir, missing_files
+
+    typer.echo(str(bigbench_dir(data_dir)))
+    for rel in missing_files(data_dir):
+        typer.echo(f"missing: {rel}", err=True)

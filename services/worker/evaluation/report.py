@@ -1,0 +1,280 @@
+"""Markdown reports of an accuracy run and of a step-selection run."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from services.worker.evaluation.spec import EvalSpec, SelectionSpec
+from services.worker.evaluation.stats import CellStats, SelectionCellStats
+
+BASELINES = ("greedy", "random")
+"""Heuristics other rows are compared with, the first present one."""
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def _ci(low: float, high: float, n: int) -> str:
+    return "–" if n == 0 else f"[{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def _num(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None else f"{x:,.{digits}f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _generated(at: dt.datetime, label: str | None) -> str:
+    text = f"Generated {at:%Y-%m-%d %H:%M} UTC."
+    if label:
+        text += " " + label.strip() + ("" if label.strip().endswith((".", "!", "?")) else ".")
+    return text
+
+
+def budget(tokens: int | None) -> str:
+    return "gateway default" if tokens is None else str(tokens)
+
+
+def _settings(rows: Sequence[tuple[str, str]]) -> str:
+    return _table(["Setting", "Value"], [[k, v] for k, v in rows])
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _overlap(a: CellStats | SelectionCellStats, b: CellStats | SelectionCellStats) -> bool:
+    return a.ci_low <= b.ci_high and b.ci_low <= a.ci_high
+
+
+def _findings(cells: Sequence[CellStats | SelectionCellStats]) -> list[str]:
+    out = []
+    for task in dict.fromkeys(c.task for c in cells):
+        row = [c for c in cells if c.task == task and c.accuracy is not None]
+        if not row:
+            out.append(f"- **{task}**: no answered examples.")
+            continue
+        best = max(c.accuracy or 0.0 for c in row)
+        leaders = [c for c in row if c.accuracy == best]
+        worst = min(row, key=lambda c: c.accuracy or 0.0)
+        names = ", ".join(f"`{c.heuristic}`" for c in leaders)
+        if len(row) == 1:
+            out.append(f"- **{task}**: `{row[0].heuristic}` {_pct(best)}.")
+        elif len(leaders) == len(row):
+            out.append(f"- **{task}**: all heuristics tie at {_pct(best)}.")
+        elif all(_overlap(leaders[0], c) for c in row):
+            out.append(
+                f"- **{task}**: best {names} ({_pct(best)}), but every interval overlaps: "
+                "the differences are not significant at this sample size."
+            )
+        else:
+            out.append(
+                f"- **{task}**: best {names} ({_pct(best)}); its interval excludes "
+                f"`{worst.heuristic}` ({_pct(worst.accuracy)})."
+            )
+    return out
+
+
+def eval_report(
+    spec: EvalSpec,
+    cells: Sequence[CellStats],
+    records: Sequence[dict[str, Any]],
+    *,
+    chart: str | None,
+    generated_at: dt.datetime,
+) -> str:
+    """The Markdown report of an accuracy run."""
+    heuristics = [h.value for h in spec.heuristics]
+    baseline = next((b for b in BASELINES if b in heuristics), None)
+    by_key = {(c.task, c.heuristic): c for c in cells}
+    demos = {"task": f"the task's own ({spec.shots} per request)", "default": "gateway built-in"}
+    parts = [
+        "# Evaluation report",
+        "",
+        _generated(generated_at, spec.label),
+        "",
+        _settings(
+            [
+                ("Gateway", spec.gateway_url),
+                ("Tasks", ", ".join(dict.fromkeys(c.task for c in cells))),
+                ("Heuristics", ", ".join(heuristics)),
+                ("Examples per task", f"{spec.n} (seed {spec.seed})"),
+                ("Candidates per step", str(spec.n_candidates)),
+                ("Max steps", str(spec.max_steps)),
+                (
+                    "Tokens per step / rationale",
+                    f"{budget(spec.max_step_tokens)} / {budget(spec.max_rationale_tokens)}",
+                ),
+                ("Few-shot demos", demos.get(spec.few_shot, "none")),
+                (
+                    "Temperature",
+                    "gateway default" if spec.temperature is None else str(spec.temperature),
+                ),
+                (
+                    "Deadline per request",
+                    "none" if spec.deadline_s is None else f"{spec.deadline_s:g} s",
+                ),
+                ("Settings hash", f"`{spec.config_id}` (record keys in results.jsonl)"),
+            ]
+        ),
+        "",
+        "## Accuracy",
+        "",
+    ]
+    header = ["Task", "Heuristic", "n", "Accuracy", "95% CI"]
+    if baseline:
+        header.append(f"Δ vs {baseline}")
+    header += ["Unparsed", "Finished", "Steps", "Generated", "Tokens", "Latency (s)", "Errors"]
+    rows = []
+    for c in cells:
+        row = [
+            c.task,
+            f"`{c.heuristic}`",
+            str(c.n),
+            _pct(c.accuracy),
+            _ci(c.ci_low, c.ci_high, c.n),
+        ]
+        if baseline:
+            base = by_key.get((c.task, baseline))
+            delta = (
+                None
+                if base is None or base.accuracy is None or c.accuracy is None
+                else 100 * (c.accuracy - base.accuracy)
+            )
+            row.append("–" if delta is None or c.heuristic == baseline else f"{delta:+.1f}")
+        row += [
+            _pct(c.unparsed_rate),
+            _pct(c.finished_rate),
+            _num(c.mean_steps),
+            _num(c.mean_generated_tokens, 0),
+            _num(c.mean_tokens, 0),
+            _num(c.mean_latency_s),
+            str(c.errors),
+        ]
+        rows.append(row)
+    parts += [_table(header, rows), ""]
+    if chart:
+        parts += [f"![Accuracy by heuristic per task]({chart})", ""]
+    parts += ["## Findings", "", *_findings(cells), ""]
+    fallbacks = sum(c.fallbacks for c in cells)
+    errors = sum(c.errors for c in cells)
+    if fallbacks or errors:
+        parts += [
+            f"Degradations: {fallbacks} fallback(s) to another heuristic (a model service was "
+            f"down or slow), {errors} failed request(s) (left out; rerun to retry).",
+            "",
+        ]
+    parts += ["## Examples", ""]
+    for task in dict.fromkeys(c.task for c in cells):
+        sample = next((r for r in records if r["task"] == task and not r.get("error")), None)
+        if sample is None:
+            continue
+        verdict = (
+            "correct" if sample["correct"] else ("unparsed" if not sample["parsed"] else "wrong")
+        )
+        parts += [
+            f"**{task}** (`{sample['heuristic']}`, item {sample['item_id']}): {verdict}; gold "
+            f"{_short(str(sample['gold']), 120)}, read {sample.get('predicted')!s}.",
+            "",
+            "> " + _short(sample["question"], 400).replace("\n", " "),
+            "",
+        ]
+        parts += [f"{i + 1}. {_short(step, 240)}" for i, step in enumerate(sample.get("steps", []))]
+        parts.append("")
+    parts += [
+        "## How to read this report",
+        "",
+        "- **Accuracy** = correct / answered examples of the cell. An answer that cannot be read "
+        '(no "The answer is ..." statement, or one that does not parse for the task) counts '
+        "as wrong; failed requests (**Errors**) are left out and retried by the next run.",
+        "- **95% CI** is the Wilson score interval. With n examples per cell, differences "
+        "smaller than the intervals are not evidence of a better heuristic.",
+        "- **Unparsed** is the share of answered examples whose final answer could not be "
+        "read; **Finished** the share that stated an answer within the step budget.",
+        "- **Steps**, **Generated** (tokens written by the rationalyst and the agent), "
+        "**Tokens** (prompt + generated tokens over rationalyst, agent and scorer, as the "
+        "services report them: the scorer's prompt tokens dominate) and **Latency** (client "
+        "wall time per request) are means over answered examples.",
+        "- Every example, with the full step trace (rationales, candidates, scores, chosen "
+        "index, timings), is a line of `results.jsonl`; `summary.json` has these numbers.",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def selection_report(
+    spec: SelectionSpec,
+    cells: Sequence[SelectionCellStats],
+    *,
+    chart: str | None,
+    generated_at: dt.datetime,
+) -> str:
+    """The Markdown report of a step-selection run."""
+    heuristics = [h.value for h in spec.heuristics]
+    parts = [
+        "# Step-selection report",
+        "",
+        _generated(generated_at, spec.label),
+        "",
+        "Each item is a gold trajectory prefix with its gold next step hidden among "
+        f"{spec.k - 1} corrupted alternatives (a number changed, another step of the solution "
+        "swapped in, words reordered; a step of another problem when those run out). A "
+        "heuristic is right when POST /v1/select ranks the gold step first.",
+        "",
+        _settings(
+            [
+                ("Gateway", spec.gateway_url),
+                ("Tasks", ", ".join(dict.fromkeys(c.task for c in cells))),
+                ("Heuristics", ", ".join(heuristics)),
+                ("Items per task", f"{spec.n} (seed {spec.seed})"),
+                ("Candidates per item", f"{spec.k} (chance {100 / spec.k:.1f}%)"),
+                ("Few-shot demos", spec.few_shot),
+                ("Settings hash", f"`{spec.config_id}`"),
+            ]
+        ),
+        "",
+        "## Top-1 accuracy",
+        "",
+    ]
+    rows = []
+    for c in cells:
+        kinds = ", ".join(f"{k} {v}" for k, v in c.chosen_kinds.items()) or "–"
+        rows.append(
+            [
+                c.task, f"`{c.heuristic}`", str(c.n), _pct(c.accuracy),
+                _ci(c.ci_low, c.ci_high, c.n), _pct(c.chance), _num(c.mean_gold_rank, 2),
+                kinds, _num(c.mean_latency_s), str(c.errors),
+            ]
+        )  # fmt: skip
+    header = [
+        "Task", "Heuristic", "n", "Top-1", "95% CI", "Chance", "Gold rank", "Chosen", "Latency (s)",
+        "Errors",
+    ]  # fmt: skip
+    parts += [_table(header, rows), ""]
+    if chart:
+        parts += [f"![Step-selection accuracy per task]({chart})", ""]
+    parts += ["## Findings", "", *_findings(cells)]
+    for c in cells:
+        if c.n and c.ci_low > c.chance:
+            parts.append(f"- `{c.heuristic}` on {c.task} is above chance (interval excludes it).")
+    parts += [
+        "",
+        "## How to read this report",
+        "",
+        "- **Top-1** = share of items where the gold step got the best score (ties go to the "
+        "first candidate; candidate order is shuffled per item). **Chance** = 1/k.",
+        "- **Gold rank**: mean rank of the gold step by score (1 = best; scored heuristics).",
+        "- **Chosen** counts which candidate kind was picked: `gold`, `number`, `swap`, "
+        "`reorder` or `other`.",
+        "- Per-item records with scores and rationales are in `results.jsonl`.",
+        "",
+    ]
+    return "\n".join(parts)
