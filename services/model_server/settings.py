@@ -68,12 +68,16 @@ class ModelServerSettings(CommonSettings):
         default=None, ge=1, description="torch CPU threads (default: torch's choice)."
     )
     # vLLM
-    vllm_gpu_memory_utilization: float = Field(default=0.85, gt=0.0, le=1.0)
+    vllm_gpu_memory_utilization: float = Field(
+        default=0.85, gt=0.0, le=1.0, description="vLLM on GPU: share of GPU memory it may take."
+    )
     vllm_enforce_eager: bool = Field(
         default=True, description="Skip torch.compile/CUDA graphs (fast start; off for speed)."
     )
     vllm_kv_cache_gib: int = Field(default=1, ge=1, description="vLLM on CPU: KV cache size.")
-    vllm_enable_prefix_caching: bool = Field(default=True)
+    vllm_enable_prefix_caching: bool = Field(
+        default=True, description="vLLM: reuse the KV cache of shared prompt prefixes."
+    )
     # remote
     remote_url: str | None = Field(
         default=None, description="remote engine: base URL of an OpenAI-compatible server."
