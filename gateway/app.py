@@ -8,19 +8,27 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from gateway.jobs import create_jobs_router
 from gateway.metrics import GatewayMetrics
 from gateway.routes import router
 from gateway.settings import GatewaySettings
 from gateway.state import GatewayState, Limiter
 from gateway.upstreams import Upstreams, build_upstreams
 from shared.http import install_error_handlers, install_middleware
+from shared.jobs_store import JobStore
 
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: GatewaySettings, *, clients: Upstreams | None = None) -> FastAPI:
+def create_app(
+    settings: GatewaySettings,
+    *,
+    clients: Upstreams | None = None,
+    job_store: JobStore | None = None,
+) -> FastAPI:
     """Build the app. Without ``clients`` the lifespan opens one ModelServiceClient per model
-    service (the settings' URLs, timeouts and internal token) and closes them at shutdown."""
+    service (the settings' URLs, timeouts and internal token) and closes them at shutdown;
+    without ``job_store`` the job API connects to the Redis the settings name."""
     metrics = GatewayMetrics()
 
     @contextlib.asynccontextmanager
@@ -55,4 +63,5 @@ def create_app(settings: GatewaySettings, *, clients: Upstreams | None = None) -
     install_error_handlers(app)
     install_middleware(app, metrics.http, token_list=settings.api_key_values())
     app.include_router(router)
+    app.include_router(create_jobs_router(settings, store=job_store))
     return app

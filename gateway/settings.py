@@ -7,11 +7,13 @@ from typing import Annotated, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from shared.jobs_store import JobStoreSettings
 from shared.settings import CommonSettings
 
 
-class GatewaySettings(CommonSettings):
-    """The public reasoning API in front of the three model services."""
+class GatewaySettings(CommonSettings, JobStoreSettings):
+    """The public reasoning API in front of the three model services, and the job API
+    (``redis_url``, ``artifacts_dir`` and ``queue_name`` must match the workers')."""
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
 
