@@ -12,6 +12,16 @@ if [ -z "$PYTHON" ]; then
 fi
 VENV=${VENV:-.venv}
 
+# The jobs' tests start their own redis-server; install it where it is missing and we can.
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing redis-server"
+    apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "!! redis-server is not installed: install it (apt-get install redis-server) to run the job tests" >&2
+  fi
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   echo "== creating $VENV with $($PYTHON --version)"
   "$PYTHON" -m venv "$VENV"

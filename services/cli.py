@@ -10,6 +10,7 @@ import typer
 
 from gateway import cli as gateway_cli
 from services.model_server.cli import models_app, serve_model
+from services.worker.cli import jobs_app, worker
 from services.worker.evaluation.cli import app as eval_app
 from services.worker.evaluation.cli import data_app
 
@@ -20,6 +21,7 @@ app = typer.Typer(
 )
 app.command("up")(gateway_cli.up)
 app.command("reason")(gateway_cli.reason)
+app.command("worker")(worker)
 
 serve_app = typer.Typer(help="Start one service.", no_args_is_help=True)
 serve_app.command("model")(serve_model)
@@ -27,4 +29,5 @@ serve_app.command("gateway")(gateway_cli.serve)
 app.add_typer(serve_app, name="serve")
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+app.add_typer(jobs_app, name="jobs")
 app.add_typer(eval_app, name="eval")

@@ -1,0 +1,312 @@
+"""Commands of the offline jobs: ``rationalyst worker`` runs a worker process;
+``rationalyst jobs submit|watch|list|show|cancel|fetch`` talk to the gateway's job API.
+
+Mount them in the top-level CLI::
+
+    from services.worker.cli import jobs_app, worker_app
+    app.add_typer(worker_app, name="worker")
+    app.add_typer(jobs_app, name="jobs")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+DEFAULT_GATEWAY = "http://127.0.0.1:8100"
+
+worker_app = typer.Typer(
+    help="Run a worker: takes shards of offline jobs from Redis (any number of replicas).",
+    add_completion=False,
+    invoke_without_command=True,
+)
+jobs_app = typer.Typer(
+    help="Offline jobs through the gateway's job API.", add_completion=False, no_args_is_help=True
+)
+
+
+@worker_app.callback(invoke_without_command=True)
+def worker(
+    redis_url: Annotated[str | None, typer.Option(help="Redis of the job queue.")] = None,
+    artifacts_dir: Annotated[Path | None, typer.Option(help="Artifacts root.")] = None,
+    agent_url: Annotated[str | None, typer.Option(help="Agent model service.")] = None,
+    scorer_url: Annotated[str | None, typer.Option(help="Scorer model service.")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Shards run at once.")] = None,
+    shard_size: Annotated[int | None, typer.Option(help="Default records per shard.")] = None,
+    log_level: Annotated[str | None, typer.Option(help="Python log level.")] = None,
+) -> None:
+    """Start one worker process; options override WORKER_* variables."""
+    from services.worker.settings import WorkerSettings
+    from services.worker.tasks import run_worker
+
+    given: dict[str, Any] = {
+        "redis_url": redis_url, "artifacts_dir": artifacts_dir, "agent_url": agent_url,
+        "scorer_url": scorer_url, "concurrency": concurrency, "shard_size": shard_size,
+        "log_level": log_level,
+    }  # fmt: skip
+    run_worker(WorkerSettings(**{k: v for k, v in given.items() if v is not None}))
+
+
+# --------------------------------------------------------------------------------------------
+# The job API client
+
+GatewayOpt = Annotated[
+    str,
+    typer.Option("--url", "--gateway", envvar="RATIONALYST_URL", help="Gateway URL."),
+]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option("--api-key", envvar="RATIONALYST_API_KEY", help="Gateway API key, if any."),
+]
+
+
+def _client(gateway: str, api_key: str | None) -> Any:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.Client(base_url=gateway.rstrip("/"), headers=headers, timeout=30.0)
+
+
+def _call(gateway: str, api_key: str | None, method: str, path: str, **kwargs: Any) -> Any:
+    """One request; an error envelope or an unreachable gateway exits with its message."""
+    import httpx
+
+    try:
+        with _client(gateway, api_key) as http:
+            response = http.request(method, path, **kwargs)
+    except httpx.HTTPError as exc:
+        typer.secho(f"cannot reach the gateway at {gateway}: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    if response.status_code >= 400:
+        try:
+            err = response.json()["error"]
+            message = f"{err['type']}: {err['message']}"
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:500]
+        typer.secho(f"HTTP {response.status_code} {message}", fg="red", err=True)
+        raise typer.Exit(1)
+    return response
+
+
+def _set_path(spec: dict[str, Any], dotted: str, raw: str) -> None:
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        value = raw
+    node = spec
+    *parents, last = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
+def build_spec(
+    spec_file: Path | None,
+    kind: str | None,
+    inputs: list[str],
+    settings: list[str],
+    input_format: str | None = None,
+    text_field: str | None = None,
+) -> dict[str, Any]:
+    """A job spec from a JSON file (``-`` = stdin) and/or options; options win."""
+    spec: dict[str, Any] = {}
+    if spec_file is not None:
+        text = sys.stdin.read() if str(spec_file) == "-" else spec_file.read_text()
+        spec = json.loads(text)
+    if kind:
+        spec["kind"] = kind
+    if inputs:
+        spec.setdefault("input", {})["paths"] = [
+            str(Path(p).expanduser().absolute()) for p in inputs
+        ]
+    if input_format:
+        spec.setdefault("input", {})["format"] = input_format
+    if text_field:
+        spec.setdefault("input", {})["text_field"] = text_field
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--set takes key=value, got {item!r}")
+        _set_path(spec, key.strip(), value)
+    return spec
+
+
+@jobs_app.command("submit")
+def submit(
+    spec_file: Annotated[
+        Path | None, typer.Argument(help="Job spec as JSON (`-` = stdin); options override.")
+    ] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(help="prefilter, extract, filter, sft_data or rationale_pipeline."),
+    ] = None,
+    input_paths: Annotated[
+        list[str] | None,
+        typer.Option("--input", "-i", help="Input file, folder or glob (repeatable)."),
+    ] = None,
+    input_format: Annotated[
+        str | None, typer.Option("--format", help="auto, jsonl, parquet or text.")
+    ] = None,
+    text_field: Annotated[str | None, typer.Option(help="JSONL/Parquet text field.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="key=value (JSON value; dotted keys nest), repeatable."),
+    ] = None,
+    watch_: Annotated[bool, typer.Option("--watch", help="Then watch it.")] = False,
+    gateway: GatewayOpt = DEFAULT_GATEWAY,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Submit a job; prints its id."""
+    spec = build_spec(spec_file, kind, input_paths or [], set_ or [], input_format, text_field)
+    status = _call(gateway, api_key, "POST", "/v1/jobs", json=spec).json()
+    typer.echo(status["id"])
+    if watch_:
+        watch(status["id"], gateway=gateway, api_key=api_key)
+
+
+@jobs_app.command("watch")
+def watch(
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 1.0,
+    gateway: GatewayOpt = DEFAULT_GATEWAY,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Show a job's progress until it ends; exit 0 when it succeeded, 1 otherwise."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    bars: dict[str, Any] = {}
+    status: dict[str, Any] = {}
+    with Progress(
+        TextColumn("{task.description:<20}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        while True:
+            status = _call(gateway, api_key, "GET", f"/v1/jobs/{job_id}").json()
+            for st in status["stages"]:
+                p, c = st["progress"], st["counts"]
+                detail = (
+                    f"kept {c['records_kept']}  dropped {c['records_dropped']}  "
+                    f"failed {c['records_failed']}  [{st['state']}]"
+                )
+                if st["name"] not in bars:
+                    bars[st["name"]] = progress.add_task(st["name"], total=None, detail=detail)
+                progress.update(
+                    bars[st["name"]],
+                    completed=p["records_done"],
+                    total=p["records_total"],
+                    detail=detail,
+                )
+            if status["state"] in ("succeeded", "failed", "cancelled"):
+                break
+            time.sleep(interval)
+    color = {"succeeded": "green", "failed": "red"}.get(status["state"], "yellow")
+    console.print(f"job {job_id}: [{color}]{status['state']}[/{color}]")
+    if status.get("error"):
+        console.print(f"[red]{status['error']}[/red]")
+    for err in status.get("errors", [])[:5]:
+        console.print(f"  {err['stage']} shard {err.get('shard')}: {err['type']}: {err['message']}")
+    for art in status.get("artifacts", []):
+        console.print(f"  {art['name']}  ({art['size']} bytes)")
+    if status["state"] != "succeeded":
+        raise typer.Exit(1)
+
+
+@jobs_app.command("list")
+def list_jobs(
+    state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
+    limit: Annotated[int, typer.Option(help="Most jobs shown.")] = 20,
+    gateway: GatewayOpt = DEFAULT_GATEWAY,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """List jobs, newest first."""
+    from rich.console import Console
+    from rich.table import Column, Table
+
+    params: dict[str, Any] = {"limit": limit}
+    if state:
+        params["state"] = state
+    jobs = _call(gateway, api_key, "GET", "/v1/jobs", params=params).json()["jobs"]
+    table = Table("kind", "state", "stage", "records", "kept", "failed", "created")
+    table.columns.insert(0, Column("id", no_wrap=True, min_width=20))  # ids are to be copied
+    for job in jobs:
+        p, c = job["progress"], job["counts"]
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job["timings"]["created_at"]))
+        table.add_row(
+            job["id"],
+            job["kind"],
+            job["state"],
+            job.get("stage") or "-",
+            f"{p['records_done']}/{p['records_total'] if p['records_total'] is not None else '?'}",
+            str(c["records_kept"]),
+            str(c["records_failed"]),
+            created,
+        )
+    Console().print(table)
+
+
+@jobs_app.command("show")
+def show(
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    gateway: GatewayOpt = DEFAULT_GATEWAY,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Print a job's status as JSON."""
+    typer.echo(json.dumps(_call(gateway, api_key, "GET", f"/v1/jobs/{job_id}").json(), indent=2))
+
+
+@jobs_app.command("cancel")
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    gateway: GatewayOpt = DEFAULT_GATEWAY,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Cancel a job (running shards stop at their next record)."""
+    status = _call(gateway, api_key, "POST", f"/v1/jobs/{job_id}/cancel").json()
+    typer.echo(f"{job_id}: {status['state']}")
+
+
+@jobs_app.command("fetch")
+def fetch(
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Artifact names (default: all but shard files).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Folder to write into (<out>/<job id>/...).")] = Path(
+        "."
+    ),
+    gateway: GatewayOpt = DEFAULT_GATEWAY,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Download a job's artifacts."""
+    listing = _call(gateway, api_key, "GET", f"/v1/jobs/{job_id}/artifacts").json()["artifacts"]
+    wanted = names or [a["name"] for a in listing if "/shards/" not in f"/{a['name']}"]
+    target_root = (out / job_id).resolve()
+    with _client(gateway, api_key) as http:
+        for name in wanted:
+            target = (target_root / name).resolve()
+            if not target.is_relative_to(target_root):
+                raise typer.BadParameter(f"refusing to write outside {target_root}: {name}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with http.stream("GET", f"/v1/jobs/{job_id}/artifacts/{name}") as response:
+                if response.status_code >= 400:
+                    response.read()
+                    typer.secho(f"{name}: HTTP {response.status_code}", fg="red", err=True)
+                    raise typer.Exit(1)
+                tmp = target.with_name(target.name + f".part-{os.getpid()}")
+                with open(tmp, "wb") as f:
+                    for chunk in response.iter_bytes():
+                        f.write(chunk)
+                tmp.replace(target)
+            typer.echo(str(target))

@@ -1,0 +1,567 @@
+"""Job state in Redis and the artifacts layout on disk, shared by the gateway's job API and the
+worker.
+
+What lives where:
+
+* Redis (the queue and a cache of progress): one hash per job ``rationalyst:job:<id>`` (spec,
+  state, per-stage counters), a set of finished shards per stage, a hash of running shards, a
+  capped list of sampled errors, and a sorted set of job ids by creation time. The queue itself
+  is arq's (``enqueue_job`` with deterministic job ids, so enqueueing twice is a no-op).
+* Disk (the source of truth for what is done):
+  ``<artifacts>/<job id>/<stage>/shards/NNNNN.done.json`` exists only once the shard's output
+  was written atomically; a stage's ``done.json`` only once its outputs were merged. Counters in
+  Redis are rebuilt from these files when a stage finishes.
+
+Nothing here imports torch; redis errors become :class:`shared.errors.ServiceUnavailable` (503).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import redis.exceptions
+from arq.connections import ArqRedis
+from pydantic import Field, TypeAdapter, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.asyncio import ConnectionPool
+
+from shared.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
+from shared.job_schemas import (
+    JOB_ID_PATTERN,
+    ArtifactInfo,
+    JobKind,
+    JobSpec,
+    JobState,
+    JobStatus,
+    Progress,
+    RecordCounts,
+    RecordError,
+    StageState,
+    StageStatus,
+    Timings,
+    stage_kinds,
+)
+from shared.settings import default_cache_dir
+
+logger = logging.getLogger(__name__)
+
+KEY_PREFIX = "rationalyst:"
+JOBS_INDEX = KEY_PREFIX + "jobs"
+MAX_SAMPLED_ERRORS = 20
+
+# arq task names (the worker registers functions under these names)
+PLAN_TASK = "plan_stage"
+SHARD_TASK = "run_shard"
+FINISH_TASK = "finish_stage"
+
+JOB_SPEC_ADAPTER: TypeAdapter[Any] = TypeAdapter(JobSpec)
+_JOB_ID_RE = re.compile(JOB_ID_PATTERN)
+
+
+class JobStoreSettings(BaseSettings):
+    """What the gateway's job API and the worker both need. Subclasses set the env prefix."""
+
+    model_config = SettingsConfigDict(extra="ignore", env_file=None)
+
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis holding the job queue and job state (credentials are never logged).",
+    )
+    artifacts_dir: Path = Field(
+        default_factory=lambda: default_cache_dir() / "artifacts",
+        description="Artifacts root shared by gateway and workers; one folder per job.",
+    )
+    queue_name: str = Field(default="rationalyst:queue", description="arq queue of the shards.")
+    redis_timeout_s: float = Field(
+        default=5.0, gt=0, description="Connect and socket timeout of each Redis call."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Artifacts layout
+
+
+def job_dir(root: Path, job_id: str) -> Path:
+    return root / check_job_id(job_id)
+
+
+def stage_dir(root: Path, job_id: str, stage: JobKind | str) -> Path:
+    return job_dir(root, job_id) / str(JobKind(stage).value)
+
+
+def check_job_id(job_id: str) -> str:
+    if not _JOB_ID_RE.match(job_id):
+        raise NotFound(f"no job {job_id!r}")
+    return job_id
+
+
+def is_temporary(path: Path) -> bool:
+    return ".tmp" in path.name
+
+
+def list_artifacts(root: Path, job_id: str, *, include_shards: bool = True) -> list[ArtifactInfo]:
+    """Every finished file of a job (temporary files of writes in flight left out)."""
+    base = job_dir(root, job_id)
+    if not base.is_dir():
+        return []
+    out: list[ArtifactInfo] = []
+    for path in sorted(base.rglob("*")):
+        if not path.is_file() or is_temporary(path):
+            continue
+        rel = path.relative_to(base)
+        if not include_shards and "shards" in rel.parts:
+            continue
+        st = path.stat()
+        out.append(
+            ArtifactInfo(
+                name=rel.as_posix(),
+                path=str(path.resolve()),
+                size=st.st_size,
+                modified_at=st.st_mtime,
+            )
+        )
+    return out
+
+
+def artifact_path(root: Path, job_id: str, name: str) -> Path:
+    """The file ``name`` of a job; NotFound for anything outside the job's folder."""
+    base = job_dir(root, job_id).resolve()
+    parts = Path(name).parts
+    if not name or Path(name).is_absolute() or ".." in parts or "\\" in name:
+        raise NotFound(f"no artifact {name!r} in job {job_id}")
+    path = (base / name).resolve()
+    if not path.is_relative_to(base) or not path.is_file() or is_temporary(path):
+        raise NotFound(f"no artifact {name!r} in job {job_id}")
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Redis
+
+
+def _json_dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def connect(settings: JobStoreSettings) -> ArqRedis:
+    """An arq Redis client (JSON payloads, not pickle). Connects lazily, so a Redis that is
+    down shows as 503 on the first call rather than at start-up."""
+    pool = ConnectionPool.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.redis_timeout_s,
+        socket_timeout=settings.redis_timeout_s,
+        health_check_interval=30,
+    )
+    return ArqRedis(
+        pool,
+        job_serializer=_json_dumps,
+        job_deserializer=json.loads,
+        default_queue_name=settings.queue_name,
+    )
+
+
+def redacted_url(url: str) -> str:
+    """``redis://:secret@host`` -> ``redis://***@host`` for messages and logs."""
+    return re.sub(r"//[^@/]*@", "//***@", url)
+
+
+@contextlib.asynccontextmanager
+async def redis_errors(url: str) -> AsyncIterator[None]:
+    """Redis unreachable or timing out -> ServiceUnavailable (503), never a 500 or a hang."""
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        raise ServiceUnavailable(
+            f"the job store (Redis at {redacted_url(url)}) is unreachable: {exc}"
+        ) from exc
+
+
+_SHARD_DONE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('SADD', KEYS[2], ARGV[2]) == 1 then
+  local p = 's' .. ARGV[1] .. ':'
+  redis.call('HINCRBY', KEYS[1], p .. 'shards_done', 1)
+  redis.call('HINCRBY', KEYS[1], p .. 'records_done', ARGV[3])
+  redis.call('HINCRBY', KEYS[1], p .. 'in', ARGV[4])
+  redis.call('HINCRBY', KEYS[1], p .. 'kept', ARGV[5])
+  redis.call('HINCRBY', KEYS[1], p .. 'dropped', ARGV[6])
+  redis.call('HINCRBY', KEYS[1], p .. 'failed', ARGV[7])
+  redis.call('HINCRBY', KEYS[1], p .. 'out', ARGV[8])
+  redis.call('HINCRBYFLOAT', KEYS[1], p .. 'busy_s', ARGV[9])
+end
+return redis.call('SCARD', KEYS[2])
+"""
+
+_SET_STATE_IF_ACTIVE_LUA = """
+local s = redis.call('HGET', KEYS[1], 'state')
+if s == 'queued' or s == 'running' then
+  redis.call('HSET', KEYS[1], unpack(ARGV))
+  return 1
+end
+return 0
+"""
+
+
+def _num(v: Any, cast: type = int) -> Any:
+    if v is None or v == "":
+        return None
+    return cast(float(v)) if cast is int else cast(v)
+
+
+class JobStore:
+    """Typed access to job state. One per process; share it (it holds a connection pool)."""
+
+    def __init__(self, redis: ArqRedis, artifacts_dir: Path, *, redis_url: str = "") -> None:
+        # redis-py types async results as ``Awaitable[T] | T``; Any keeps call sites readable.
+        self.redis: Any = redis
+        self.artifacts_dir = Path(artifacts_dir).expanduser()
+        self.redis_url = redis_url
+        self._shard_done = redis.register_script(_SHARD_DONE_LUA)
+        self._set_if_active = redis.register_script(_SET_STATE_IF_ACTIVE_LUA)
+
+    @classmethod
+    def from_settings(cls, settings: JobStoreSettings) -> JobStore:
+        return cls(connect(settings), settings.artifacts_dir, redis_url=settings.redis_url)
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+    # -- keys ----------------------------------------------------------------------------
+
+    @staticmethod
+    def job_key(job_id: str) -> str:
+        return f"{KEY_PREFIX}job:{job_id}"
+
+    @staticmethod
+    def done_key(job_id: str, stage: int) -> str:
+        return f"{KEY_PREFIX}job:{job_id}:done:{stage}"
+
+    @staticmethod
+    def running_key(job_id: str) -> str:
+        return f"{KEY_PREFIX}job:{job_id}:running"
+
+    @staticmethod
+    def errors_key(job_id: str) -> str:
+        return f"{KEY_PREFIX}job:{job_id}:errors"
+
+    def _keys(self, job_id: str, n_stages: int) -> list[str]:
+        keys = [self.job_key(job_id), self.running_key(job_id), self.errors_key(job_id)]
+        return keys + [self.done_key(job_id, k) for k in range(n_stages)]
+
+    # -- the API's side ------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        async with redis_errors(self.redis_url):
+            await self.redis.ping()
+
+    async def create(self, spec: Any, *, job_id: str | None = None) -> JobStatus:
+        """Register a job and queue the planning of its first stage."""
+        job_id = job_id or f"job-{uuid.uuid4().hex[:16]}"
+        check_job_id(job_id)
+        now = time.time()
+        stages = stage_kinds(spec.kind)
+        fields = {
+            "id": job_id,
+            "kind": str(spec.kind.value),
+            "name": spec.name or "",
+            "spec": spec.model_dump_json(),
+            "state": JobState.queued.value,
+            "created_at": repr(now),
+            "stage_index": "0",
+            "n_stages": str(len(stages)),
+            "errors_total": "0",
+        }
+        async with redis_errors(self.redis_url):
+            created = await self.redis.hsetnx(self.job_key(job_id), "id", job_id)
+            if not created:
+                raise Conflict(f"job {job_id} already exists")
+            await self.redis.hset(self.job_key(job_id), mapping=fields)
+            await self.redis.zadd(JOBS_INDEX, {job_id: now})
+            await self.enqueue_plan(job_id, 0)
+        logger.info("job %s created: %s", job_id, spec.kind.value)
+        return await self.get(job_id)
+
+    async def get(self, job_id: str) -> JobStatus:
+        check_job_id(job_id)
+        async with (
+            redis_errors(self.redis_url),
+            self.redis.pipeline(transaction=False) as pipe,
+        ):
+            pipe.hgetall(self.job_key(job_id))
+            pipe.lrange(self.errors_key(job_id), 0, MAX_SAMPLED_ERRORS - 1)
+            pipe.hgetall(self.running_key(job_id))
+            raw, errors, running = await pipe.execute()
+        if not raw:
+            raise NotFound(f"no job {job_id!r}")
+        return self._status(_decode(raw), errors, _decode(running))
+
+    async def list_jobs(self, *, limit: int = 50, state: JobState | None = None) -> list[JobStatus]:
+        """Newest first."""
+        async with redis_errors(self.redis_url):
+            ids = await self.redis.zrevrange(JOBS_INDEX, 0, -1 if state else limit - 1)
+        out: list[JobStatus] = []
+        for raw_id in ids:
+            try:
+                status = await self.get(raw_id.decode())
+            except NotFound:  # expired or deleted between the two calls
+                continue
+            if state is None or status.state is state:
+                out.append(status)
+            if len(out) >= limit:
+                break
+        return out
+
+    async def cancel(self, job_id: str) -> JobStatus:
+        """Mark a job cancelled; shards stop at their next check (within one shard)."""
+        check_job_id(job_id)
+        async with redis_errors(self.redis_url):
+            if not await self.redis.exists(self.job_key(job_id)):
+                raise NotFound(f"no job {job_id!r}")
+            now = repr(time.time())
+            changed = await self._set_if_active(
+                keys=[self.job_key(job_id)],
+                args=["state", JobState.cancelled.value, "finished_at", now],
+            )
+        status = await self.get(job_id)
+        if not changed and status.state is not JobState.cancelled:
+            raise Conflict(f"job {job_id} has already {status.state.value}")
+        logger.info("job %s cancelled", job_id)
+        return status
+
+    def artifacts(self, job_id: str) -> list[ArtifactInfo]:
+        return list_artifacts(self.artifacts_dir, job_id)
+
+    def artifact_path(self, job_id: str, name: str) -> Path:
+        return artifact_path(self.artifacts_dir, job_id, name)
+
+    # -- the worker's side ---------------------------------------------------------------
+
+    async def enqueue_plan(self, job_id: str, stage: int) -> None:
+        await self.redis.enqueue_job(
+            PLAN_TASK, job_id, stage, _job_id=f"{job_id}:s{stage}:plan", _expires=_EXPIRES_S
+        )
+
+    async def enqueue_shard(self, job_id: str, stage: int, shard: int) -> None:
+        await self.redis.enqueue_job(
+            SHARD_TASK,
+            job_id,
+            stage,
+            shard,
+            _job_id=f"{job_id}:s{stage}:shard{shard:05d}",
+            _expires=_EXPIRES_S,
+        )
+
+    async def enqueue_finish(self, job_id: str, stage: int) -> None:
+        await self.redis.enqueue_job(
+            FINISH_TASK, job_id, stage, _job_id=f"{job_id}:s{stage}:finish", _expires=_EXPIRES_S
+        )
+
+    async def raw(self, job_id: str) -> dict[str, str]:
+        return _decode(await self.redis.hgetall(self.job_key(job_id)))
+
+    async def spec(self, job_id: str) -> Any:
+        """The job's validated spec (the worker's first step of every task)."""
+        raw = await self.redis.hget(self.job_key(job_id), "spec")
+        if raw is None:
+            raise NotFound(f"no job {job_id!r}")
+        try:
+            return JOB_SPEC_ADAPTER.validate_json(raw)
+        except ValidationError as exc:
+            raise InvalidRequest(f"job {job_id} has an invalid spec: {exc}") from exc
+
+    async def state(self, job_id: str) -> JobState | None:
+        raw = await self.redis.hget(self.job_key(job_id), "state")
+        return JobState(raw.decode()) if raw else None
+
+    async def update(self, job_id: str, fields: Mapping[str, Any]) -> None:
+        await self.redis.hset(self.job_key(job_id), mapping={k: str(v) for k, v in fields.items()})
+
+    async def set_if_active(self, job_id: str, fields: Mapping[str, Any]) -> bool:
+        """Set fields only while the job is queued or running (a cancel or failure wins)."""
+        args: list[str] = []
+        for k, v in fields.items():
+            args += [k, str(v)]
+        return bool(await self._set_if_active(keys=[self.job_key(job_id)], args=args))
+
+    async def stage_started(self, job_id: str, stage: int, name: JobKind) -> None:
+        now = repr(time.time())
+        raw = await self.raw(job_id)
+        fields: dict[str, Any] = {"stage_index": stage, f"s{stage}:state": "running"}
+        if not raw.get(f"s{stage}:started_at"):
+            fields[f"s{stage}:started_at"] = now
+        if raw.get("state") == JobState.queued.value:
+            fields["state"] = JobState.running.value
+            fields["started_at"] = now
+        await self.set_if_active(job_id, fields)
+
+    async def stage_planned(
+        self, job_id: str, stage: int, *, shards_total: int, records_total: int
+    ) -> None:
+        await self.update(
+            job_id,
+            {f"s{stage}:shards_total": shards_total, f"s{stage}:records_total": records_total},
+        )
+
+    async def shard_done(
+        self, job_id: str, stage: int, shard: int, counts: Mapping[str, float]
+    ) -> int:
+        """Count a finished shard once (however often it is reported); returns the number of
+        distinct finished shards of the stage (-1 when the job is gone)."""
+        args = [
+            stage,
+            shard,
+            int(counts.get("records", 0)),
+            int(counts.get("in", 0)),
+            int(counts.get("kept", 0)),
+            int(counts.get("dropped", 0)),
+            int(counts.get("failed", 0)),
+            int(counts.get("out", 0)),
+            float(counts.get("busy_s", 0.0)),
+        ]
+        result = await self._shard_done(
+            keys=[self.job_key(job_id), self.done_key(job_id, stage)], args=args
+        )
+        return int(result)
+
+    async def done_shards(self, job_id: str, stage: int) -> set[int]:
+        return {int(x) for x in await self.redis.smembers(self.done_key(job_id, stage))}
+
+    async def mark_running(self, job_id: str, stage: int, shard: int, worker: str) -> None:
+        await self.redis.hset(self.running_key(job_id), f"{stage}:{shard}", worker)
+
+    async def clear_running(self, job_id: str, stage: int, shard: int) -> None:
+        await self.redis.hdel(self.running_key(job_id), f"{stage}:{shard}")
+
+    async def running(self, job_id: str) -> dict[str, str]:
+        return _decode(await self.redis.hgetall(self.running_key(job_id)))
+
+    async def add_errors(self, job_id: str, errors: list[RecordError], total: int) -> None:
+        """Sample errors into the status (the first MAX_SAMPLED_ERRORS are kept)."""
+        if total:
+            await self.redis.hincrby(self.job_key(job_id), "errors_total", total)
+        if not errors:
+            return
+        key = self.errors_key(job_id)
+        if await self.redis.llen(key) >= MAX_SAMPLED_ERRORS:
+            return
+        await self.redis.rpush(key, *[e.model_dump_json() for e in errors])
+        await self.redis.ltrim(key, 0, MAX_SAMPLED_ERRORS - 1)
+
+    async def fail(self, job_id: str, reason: str, *, stage: int | None = None) -> bool:
+        fields: dict[str, Any] = {
+            "state": JobState.failed.value,
+            "error": reason,
+            "finished_at": repr(time.time()),
+        }
+        if stage is not None:
+            fields[f"s{stage}:state"] = StageState.failed.value
+        changed = await self.set_if_active(job_id, fields)
+        if changed:
+            logger.warning("job %s failed: %s", job_id, reason)
+        return changed
+
+    async def restore(self, fields: Mapping[str, str], created_at: float) -> bool:
+        """Re-register a job found on disk whose hash Redis no longer has (a Redis restart)."""
+        job_id = fields["id"]
+        if not await self.redis.hsetnx(self.job_key(job_id), "id", job_id):
+            return False
+        await self.redis.hset(self.job_key(job_id), mapping=dict(fields))
+        await self.redis.zadd(JOBS_INDEX, {job_id: created_at})
+        return True
+
+    # -- status --------------------------------------------------------------------------
+
+    def _status(
+        self, raw: dict[str, str], errors: list[bytes], running: dict[str, str]
+    ) -> JobStatus:
+        job_id = raw["id"]
+        kind = JobKind(raw["kind"])
+        try:
+            spec = json.loads(raw.get("spec", "null"))
+        except ValueError:
+            spec = None
+        names = stage_kinds(kind)
+        stages: list[StageStatus] = []
+        for k, name in enumerate(names):
+            p = f"s{k}:"
+            stage_state = raw.get(p + "state", StageState.pending.value)
+            stages.append(
+                StageStatus(
+                    name=name,
+                    state=StageState(stage_state),
+                    progress=Progress(
+                        shards_done=_num(raw.get(p + "shards_done")) or 0,
+                        shards_total=_num(raw.get(p + "shards_total")),
+                        records_done=_num(raw.get(p + "records_done")) or 0,
+                        records_total=_num(raw.get(p + "records_total")),
+                    ),
+                    counts=RecordCounts(
+                        records_in=_num(raw.get(p + "in")) or 0,
+                        records_kept=_num(raw.get(p + "kept")) or 0,
+                        records_dropped=_num(raw.get(p + "dropped")) or 0,
+                        records_failed=_num(raw.get(p + "failed")) or 0,
+                        records_out=_num(raw.get(p + "out")) or 0,
+                    ),
+                    started_at=_num(raw.get(p + "started_at"), float),
+                    finished_at=_num(raw.get(p + "finished_at"), float),
+                    busy_s=_num(raw.get(p + "busy_s"), float) or 0.0,
+                    shards_running=sum(1 for key in running if key.startswith(f"{k}:")),
+                )
+            )
+        index = min(int(raw.get("stage_index", "0")), len(stages) - 1)
+        state = JobState(raw["state"])
+        current = stages[index]
+        created = float(raw["created_at"])
+        started = _num(raw.get("started_at"), float)
+        finished = _num(raw.get("finished_at"), float)
+        now = time.time()
+        timings = Timings(
+            created_at=created,
+            started_at=started,
+            finished_at=finished,
+            queued_s=((started or finished or now) - created),
+            running_s=(((finished or now) - started) if started else None),
+        )
+        sampled = []
+        for e in errors:
+            with contextlib.suppress(ValidationError):
+                sampled.append(RecordError.model_validate_json(e))
+        return JobStatus(
+            id=job_id,
+            kind=kind,
+            name=raw.get("name") or None,
+            state=state,
+            error=raw.get("error") or None,
+            stage=current.name if state is JobState.running else None,
+            progress=current.progress,
+            counts=current.counts,
+            stages=stages,
+            errors=sampled,
+            errors_total=_num(raw.get("errors_total")) or 0,
+            timings=timings,
+            artifacts_dir=str(job_dir(self.artifacts_dir, job_id)),
+            artifacts=list_artifacts(self.artifacts_dir, job_id, include_shards=False),
+            spec=spec,
+        )
+
+
+_EXPIRES_S = 30 * 24 * 3600
+"""A queued shard is dropped by arq if no worker starts it within this time (arq's default is
+one day, too short for a large job on few workers)."""
+
+
+def _decode(raw: Mapping[Any, Any]) -> dict[str, str]:
+    return {
+        (k.decode() if isinstance(k, bytes) else str(k)): (
+            v.decode() if isinstance(v, bytes) else str(v)
+        )
+        for k, v in raw.items()
+    }
