@@ -1,6 +1,6 @@
 """Print the README's settings tables from the settings classes (one source for both).
 
-    .venv/bin/python scripts/settings_table.py > /tmp/settings.md
+.venv/bin/python scripts/settings_table.py > /tmp/settings.md
 """
 
 from __future__ import annotations
