@@ -151,6 +151,25 @@ def prepare(tokenizer: Any, job: ScoreJob, max_model_len: int) -> ScoreJob:
     return job
 
 
+def check_generation(
+    prompt_ids: list[int], params: SamplingParams, max_model_len: int, vocab_size: int | None
+) -> None:
+    """Reject a generation request no engine can serve (each engine calls this first)."""
+    if not prompt_ids:
+        raise InvalidRequest("the prompt holds no token", field="prompt")
+    if params.n < 1:
+        raise InvalidRequest("n must be at least 1", field="n")
+    if params.max_tokens < 1:
+        raise InvalidRequest("max_tokens must be at least 1", field="max_tokens")
+    if len(prompt_ids) >= max_model_len:
+        raise InvalidRequest(
+            f"the prompt is {len(prompt_ids)} tokens; the model's context is {max_model_len}",
+            field="prompt",
+        )
+    if vocab_size is not None and any(not 0 <= t < vocab_size for t in prompt_ids):
+        raise InvalidRequest("the prompt holds a token id outside the vocabulary", field="prompt")
+
+
 def common_prefix_len(seqs: list[list[int]]) -> int:
     """Length of the longest common prefix of token sequences."""
     if not seqs:

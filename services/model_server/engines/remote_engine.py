@@ -35,6 +35,7 @@ from services.model_server.engines.base import (
     SamplingParams,
     ScoreJob,
     TokenWindow,
+    check_generation,
     common_prefix_len,
     encode,
     prepare,
@@ -43,7 +44,6 @@ from services.model_server.engines.base import (
 from services.model_server.settings import ModelServerSettings
 from shared.errors import (
     EngineError,
-    InvalidRequest,
     ServiceError,
     ServiceUnavailable,
     UpstreamTimeout,
@@ -266,18 +266,7 @@ class RemoteEngine:
         ``max_tokens`` tokens (clipped to the context).
         """
         self._check_open()
-        if not prompt_ids:
-            raise InvalidRequest("the prompt holds no token", field="prompt")
-        if params.n < 1:
-            raise InvalidRequest("n must be at least 1", field="n")
-        if params.max_tokens < 1:
-            raise InvalidRequest("max_tokens must be at least 1", field="max_tokens")
-        if len(prompt_ids) >= self.max_model_len:
-            raise InvalidRequest(
-                f"the prompt is {len(prompt_ids)} tokens; the model's context is "
-                f"{self.max_model_len}",
-                field="prompt",
-            )
+        check_generation(prompt_ids, params, self.max_model_len, None)
         body: dict[str, Any] = {
             "model": self.upstream_model,
             "n": params.n,

@@ -50,6 +50,7 @@ from services.model_server.engines.base import (
     SamplingParams,
     ScoreJob,
     TokenWindow,
+    check_generation,
     common_prefix_len,
     prepare,
 )
@@ -311,22 +312,7 @@ class TransformersEngine:
         token straddling the stop string stays), or after ``max_tokens`` tokens.
         """
         self._check_open()
-        if not prompt_ids:
-            raise InvalidRequest("the prompt holds no token", field="prompt")
-        if params.n < 1:
-            raise InvalidRequest("n must be at least 1", field="n")
-        if params.max_tokens < 1:
-            raise InvalidRequest("max_tokens must be at least 1", field="max_tokens")
-        if len(prompt_ids) >= self.max_model_len:
-            raise InvalidRequest(
-                f"the prompt is {len(prompt_ids)} tokens; the model's context is "
-                f"{self.max_model_len}",
-                field="prompt",
-            )
-        if any(not 0 <= t < self._vocab_size for t in prompt_ids):
-            raise InvalidRequest(
-                "the prompt holds a token id outside the vocabulary", field="prompt"
-            )
+        check_generation(prompt_ids, params, self.max_model_len, self._vocab_size)
         max_tokens = min(params.max_tokens, self.max_model_len - len(prompt_ids))
         loop = asyncio.get_running_loop()
         req = _Request(
