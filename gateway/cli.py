@@ -67,10 +67,10 @@ def serve(
 
 
 class _Terminated(Exception):
-    """SIGTERM arrived; unwinds like Ctrl-C so that children are stopped."""
+    """SIGINT or SIGTERM arrived; unwinds so that children are stopped."""
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
     raise _Terminated
 
 
@@ -116,7 +116,10 @@ def up(
     urls = {name: f"http://{host}:{p}" for name, p in ports.items()}
     log_path = logs_dir or Path(tempfile.mkdtemp(prefix="rationalyst-up-"))
     procs: list[ServiceProcess] = []
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    # Handled explicitly: a process started in the background of a script inherits SIGINT
+    # ignored, and Ctrl-C must stop the ensemble however it was launched.
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, _on_stop_signal) for sig in stop_signals}
 
     def table(status: dict[str, str]) -> Table:
         t = Table(title="rationalyst ensemble", title_justify="left")
@@ -176,7 +179,8 @@ def up(
         console.print("\nstopping...")
     finally:
         stop_processes(procs)
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if procs:
             console.print(f"stopped {len(procs)} process(es)")
 
