@@ -21,6 +21,7 @@ from services.model_server.engines.base import Engine, SamplingParams, ScoreJob,
 from services.model_server.engines.remote_engine import RemoteEngine
 from services.model_server.settings import ModelServerSettings
 from shared.errors import EngineError, InvalidRequest, ServiceUnavailable, UpstreamTimeout
+from tests.integration.reference import chat, full_logprobs, job_of
 
 pytestmark = pytest.mark.integration
 
@@ -60,27 +61,6 @@ def reference(model_path: Path) -> Any:
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32).eval()
-
-
-def full_logprobs(reference: Any, ids: list[int]) -> torch.Tensor:
-    """log_softmax of one forward pass over the full text: row j-1 predicts token j."""
-    with torch.inference_mode():
-        logits = reference(torch.tensor([ids])).logits[0].float()
-    return torch.log_softmax(logits, dim=-1)
-
-
-def chat(engine: RemoteEngine, question: str) -> str:
-    messages = [{"role": "user", "content": question}]
-    return str(
-        engine.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    )
-
-
-def job_of(context: str, continuations: list[str]) -> ScoreJob:
-    return ScoreJob(
-        texts=[context + c for c in continuations],
-        spans=[(len(context), len(context) + len(c)) for c in continuations],
-    )
 
 
 async def test_remote_engine_satisfies_protocol(engine: RemoteEngine) -> None:

@@ -16,11 +16,11 @@ from services.model_server.engines.base import (
     SamplingParams,
     ScoreJob,
     common_prefix_len,
-    encode,
 )
 from services.model_server.engines.transformers_engine import TransformersEngine
 from services.model_server.settings import ModelServerSettings
 from shared.errors import EngineError, InvalidRequest
+from tests.integration.reference import chat, full_logprobs, job_of, prompt_ids
 
 pytestmark = pytest.mark.integration
 
@@ -53,24 +53,6 @@ def batches(engine: TransformersEngine) -> Iterator[list[tuple[str, int]]]:
     engine.on_batch = None
 
 
-def chat(engine: TransformersEngine, question: str) -> str:
-    messages = [{"role": "user", "content": question}]
-    return str(
-        engine.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    )
-
-
-def prompt_ids(engine: TransformersEngine, question: str) -> list[int]:
-    return encode(engine.tokenizer, chat(engine, question))[0]
-
-
-def full_logprobs(reference: Any, ids: list[int]) -> torch.Tensor:
-    """log_softmax of one cache-free forward pass: row j-1 predicts token j."""
-    with torch.inference_mode():
-        logits = reference(torch.tensor([ids])).logits[0].float()
-    return torch.log_softmax(logits, dim=-1)
-
-
 def greedy_reference(
     reference: Any, engine: TransformersEngine, ids: list[int], n: int
 ) -> list[int]:
@@ -86,13 +68,6 @@ def greedy_reference(
     new = [int(t) for t in out[0, len(ids) :]]
     eos = engine.tokenizer.eos_token_id
     return new[: new.index(eos)] if eos in new else new
-
-
-def job_of(context: str, continuations: list[str]) -> ScoreJob:
-    return ScoreJob(
-        texts=[context + c for c in continuations],
-        spans=[(len(context), len(context) + len(c)) for c in continuations],
-    )
 
 
 async def check_score(engine: TransformersEngine, reference: Any, job: ScoreJob) -> int:

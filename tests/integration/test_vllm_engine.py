@@ -28,6 +28,7 @@ from services.model_server.engines.base import (
 )
 from services.model_server.settings import ModelServerSettings
 from shared.errors import EngineError, InvalidRequest
+from tests.integration.reference import chat, full_logprobs, job_of, prompt_ids
 
 pytestmark = [
     pytest.mark.integration,
@@ -61,31 +62,6 @@ def reference(model_path: Path) -> Any:
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32).eval()
-
-
-def chat(engine: Any, question: str) -> str:
-    messages = [{"role": "user", "content": question}]
-    return str(
-        engine.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    )
-
-
-def prompt_ids(engine: Any, question: str) -> list[int]:
-    return encode(engine.tokenizer, chat(engine, question))[0]
-
-
-def full_logprobs(reference: Any, ids: list[int]) -> torch.Tensor:
-    """log_softmax of one forward pass over the full text: row j-1 predicts token j."""
-    with torch.inference_mode():
-        logits = reference(torch.tensor([ids])).logits[0].float()
-    return torch.log_softmax(logits, dim=-1)
-
-
-def job_of(context: str, continuations: list[str]) -> ScoreJob:
-    return ScoreJob(
-        texts=[context + c for c in continuations],
-        spans=[(len(context), len(context) + len(c)) for c in continuations],
-    )
 
 
 async def score_error(engine: Any, reference: Any, job: ScoreJob) -> float:
