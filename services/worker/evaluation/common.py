@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from pydantic import BaseModel, ConfigDict
+
 from services.worker.evaluation.store import JsonlStore
 
 J = TypeVar("J")
@@ -82,3 +84,22 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+class RunFiles(BaseModel):
+    """What a run (accuracy or step selection) did and where its files are."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    out_dir: Path
+    results_path: Path
+    report_path: Path
+    summary_path: Path
+    chart_path: Path | None
+    planned: int
+    skipped: int
+    """Examples already done by an earlier run."""
+    requested: int
+    """Requests this run sent to the gateway."""
+    errors: int
+    """Requests of this run that failed (retried by the next run)."""

@@ -23,13 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
 from services.worker.evaluation.chart import accuracy_chart
 from services.worker.evaluation.client import GatewayClient
 from services.worker.evaluation.common import (
     NoProgress,
     ProgressHook,
+    RunFiles,
     run_pool,
     write_json_atomic,
     write_text_atomic,
@@ -60,23 +59,9 @@ class Job:
     demos: list[Demo] | None
 
 
-class EvalResult(BaseModel):
-    """What a run did and where its files are."""
+class EvalResult(RunFiles):
+    """What an accuracy run did and where its files are."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    out_dir: Path
-    results_path: Path
-    report_path: Path
-    summary_path: Path
-    chart_path: Path | None
-    planned: int
-    skipped: int
-    """Examples already done by an earlier run."""
-    requested: int
-    """Requests this run sent to the gateway."""
-    errors: int
-    """Requests of this run that failed (retried by the next run)."""
     cells: list[CellStats]
 
 

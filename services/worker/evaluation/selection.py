@@ -14,16 +14,14 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-from pydantic import BaseModel, ConfigDict
 
 from services.worker.evaluation.chart import accuracy_chart
 from services.worker.evaluation.client import GatewayClient
 from services.worker.evaluation.common import (
     NoProgress,
     ProgressHook,
+    RunFiles,
     run_pool,
     write_json_atomic,
     write_text_atomic,
@@ -68,18 +66,9 @@ class SelectionJob:
     demos: list[Demo] | None
 
 
-class SelectionResult(BaseModel):
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+class SelectionResult(RunFiles):
+    """What a step-selection run did and where its files are."""
 
-    out_dir: Path
-    results_path: Path
-    report_path: Path
-    summary_path: Path
-    chart_path: Path | None
-    planned: int
-    skipped: int
-    requested: int
-    errors: int
     cells: list[SelectionCellStats]
 
 
