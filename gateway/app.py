@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from gateway.jobs import create_jobs_router
 from gateway.metrics import GatewayMetrics
+from gateway.registry import create_registry_router
 from gateway.routes import router
 from gateway.settings import GatewaySettings
 from gateway.state import GatewayState, Limiter
@@ -64,4 +65,5 @@ def create_app(
     install_middleware(app, metrics.http, token_list=settings.api_key_values())
     app.include_router(router)
     app.include_router(create_jobs_router(settings, store=job_store))
+    app.include_router(create_registry_router(settings))
     return app
