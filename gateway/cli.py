@@ -79,7 +79,21 @@ def up(
     model: Annotated[
         str | None, typer.Option(help="Model of all three roles (default: the embedded one).")
     ] = None,
+    rationalyst_model: Annotated[
+        str | None,
+        typer.Option(
+            help="Model of the rationalyst role only (overrides --model there): a registered "
+            "trained model, a cache name or a folder."
+        ),
+    ] = None,
     engine: Annotated[str | None, typer.Option(help="transformers, vllm or remote.")] = None,
+    internal_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="RATIONALYST_INTERNAL_TOKEN",
+            help="Shared secret of the internal hops; enables `rationalyst models use`.",
+        ),
+    ] = None,
     host: Annotated[str, typer.Option(help="Interface of every process.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Gateway port.")] = DEFAULT_PORTS["gateway"],
     rationalyst_port: Annotated[int, typer.Option()] = DEFAULT_PORTS["rationalyst"],
@@ -131,14 +145,23 @@ def up(
             t.add_row(p.name, p.url, str(p.pid), f"[{style}]{state}[/{style}]")
         return t
 
+    models = {role: model for role in ROLES} | {"rationalyst": rationalyst_model or model}
+    # Model services require the token once it is set, and the gateway sends it.
+    env = (
+        {"MODEL_SERVER_INTERNAL_TOKEN": internal_token, "GATEWAY_INTERNAL_TOKEN": internal_token}
+        if internal_token
+        else {}
+    )
+
     try:
         for role in ROLES:
-            cmd = model_service_command(role, ports[role], host=host, model=model, engine=engine)
-            procs.append(start_process(role, cmd, urls[role], log_dir=log_path))
-        procs.append(
-            start_process(
-                "gateway", gateway_command(port, urls, host=host), urls["gateway"], log_dir=log_path
+            cmd = model_service_command(
+                role, ports[role], host=host, model=models[role], engine=engine
             )
+            procs.append(start_process(role, cmd, urls[role], log_dir=log_path, env=env))
+        gateway_cmd = gateway_command(port, urls, host=host)
+        procs.append(
+            start_process("gateway", gateway_cmd, urls["gateway"], log_dir=log_path, env=env)
         )
         started = time.monotonic()
         with Live(table({}), console=console, refresh_per_second=4) as live:
@@ -162,6 +185,9 @@ def up(
             markup=False,
             soft_wrap=True,
         )
+        use = f"  rationalyst models use <registered-name> --url {urls['rationalyst']}"
+        use += " --token <internal token>" if internal_token else "   (start with --internal-token)"
+        console.print(use, markup=False, soft_wrap=True)
         console.print("\nCtrl-C stops everything.")
         while all(p.alive() for p in procs):
             time.sleep(0.5)

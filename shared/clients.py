@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import httpx
 from pydantic import BaseModel
@@ -23,6 +23,8 @@ from shared.schemas import (
     RationaleResponse,
     ScoreRequest,
     ScoreResponse,
+    SwitchModelRequest,
+    SwitchModelResponse,
 )
 
 logger = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ class ServiceClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def __aenter__(self) -> ServiceClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -126,3 +128,11 @@ class ModelServiceClient(ServiceClient):
 
     async def score(self, req: ScoreRequest, timeout: float | None = None) -> ScoreResponse:
         return await self.post_model("/v1/score", req, ScoreResponse, timeout)
+
+    async def switch_model(self, model: str, timeout: float | None = 900.0) -> SwitchModelResponse:
+        """Switch the served model (``POST /admin/model``; the service needs its internal
+        token set and this client the same token). Waits while the new model loads, minutes
+        for a large one: a client timeout (504) does not stop the switch in the service, and
+        its /ready says which model it serves."""
+        req = SwitchModelRequest(model=model)
+        return await self.post_model("/admin/model", req, SwitchModelResponse, timeout)

@@ -41,6 +41,13 @@ class Unauthorized(ServiceError):
     type = "unauthorized"
 
 
+class Forbidden(ServiceError):
+    """Authenticated or not, this is not allowed here (e.g. an admin route left disabled)."""
+
+    status = 403
+    type = "forbidden"
+
+
 class NotFound(ServiceError):
     status = 404
     type = "not_found"
@@ -79,6 +86,7 @@ _BY_TYPE: dict[str, type[ServiceError]] = {
     for cls in (
         InvalidRequest,
         Unauthorized,
+        Forbidden,
         NotFound,
         Conflict,
         ServiceUnavailable,
@@ -91,6 +99,7 @@ _BY_STATUS: dict[int, type[ServiceError]] = {
     422: InvalidRequest,
     400: InvalidRequest,
     401: Unauthorized,
+    403: Forbidden,
     404: NotFound,
     409: Conflict,
     503: ServiceUnavailable,

@@ -162,6 +162,31 @@ class ScoreResponse(Strict):
 
 
 # --------------------------------------------------------------------------------------------
+# POST /admin/model (a model service; needs the internal token)
+
+
+class SwitchModelRequest(Strict):
+    model: NonEmptyStr = Field(
+        description="A registered model name, a name in the models cache or a model folder on "
+        "the service's machine (remote engine: the model name the upstream serves)."
+    )
+
+
+class SwitchModelResponse(Strict):
+    role: Role
+    model: str = Field(description="The model served now, as asked.")
+    previous_model: str | None = Field(
+        description="The model served before the switch; None when none was loaded."
+    )
+    model_path: str = Field(
+        description="What the engine loaded: the model folder (remote engine: the upstream's "
+        "model name)."
+    )
+    engine: str = Field(description="The engine kind (transformers, vllm, remote).")
+    load_s: float = Field(description="Seconds the new model took to build and start.")
+
+
+# --------------------------------------------------------------------------------------------
 # Errors
 
 

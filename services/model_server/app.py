@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -15,8 +14,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from services.model_server.engines.base import Engine
 from services.model_server.handlers import ModelService
 from services.model_server.metrics import ModelMetrics
+from services.model_server.serving import EngineFactory, ServedModel
 from services.model_server.settings import ModelServerSettings
-from shared.errors import EngineError, ServiceError, ServiceUnavailable
+from shared.errors import Forbidden
 from shared.http import install_error_handlers, install_middleware
 from shared.openai_schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from shared.schemas import (
@@ -26,83 +26,64 @@ from shared.schemas import (
     RationaleResponse,
     ScoreRequest,
     ScoreResponse,
+    SwitchModelRequest,
+    SwitchModelResponse,
 )
 
 logger = logging.getLogger(__name__)
 
 
-class State:
-    """What the app holds while it runs: the engine once loaded, or why it is not."""
-
-    def __init__(self, settings: ModelServerSettings, metrics: ModelMetrics) -> None:
-        self.settings = settings
-        self.metrics = metrics
-        self.service: ModelService | None = None
-        self.load_error: str | None = None
-
-    def ready_service(self) -> ModelService:
-        if self.service is None:
-            why = self.load_error or "the model is still loading"
-            raise ServiceUnavailable(f"{self.settings.role.value} is not ready: {why}")
-        if not self.service.engine.healthy():
-            raise EngineError(f"{self.settings.role.value}: the model engine has failed")
-        return self.service
-
-
-def get_service(request: Request) -> ModelService:
-    state: State = request.app.state.model
-    return state.ready_service()
+async def get_service(request: Request) -> AsyncIterator[ModelService]:
+    """The current model's service, held by the request until its response is built (a
+    switch meanwhile closes the old engine only after that)."""
+    served: ServedModel = request.app.state.model
+    with served.lease() as service:
+        yield service
 
 
 ServiceDep = Annotated[ModelService, Depends(get_service)]
 
 
-def create_app(settings: ModelServerSettings, *, engine: Engine | None = None) -> FastAPI:
-    """Build the app. Without ``engine`` the lifespan builds the one the settings name and
-    loads it in the background: /health answers at once, /ready turns 200 when loaded."""
-    metrics = ModelMetrics()
-    state = State(settings, metrics)
+async def require_admin(request: Request) -> None:
+    """Admin routes are off unless the internal token is set (the auth middleware then
+    requires it on them, as on every non-public route)."""
+    settings: ModelServerSettings = request.app.state.model.settings
+    if settings.internal_token is None:
+        raise Forbidden(
+            "the admin API is off: set MODEL_SERVER_INTERNAL_TOKEN on this service to enable "
+            "it, then send `Authorization: Bearer <token>`"
+        )
 
-    async def load(eng: Engine) -> None:
-        try:
-            for hook in ("on_batch",):
-                if hasattr(eng, hook):
-                    setattr(eng, hook, metrics.on_batch)
-            await eng.start()
-        except Exception as exc:
-            logger.exception("model failed to load")
-            state.load_error = f"the model failed to load: {type(exc).__name__}: {exc}"
-            return
-        state.service = ModelService(settings, eng, metrics)
-        logger.info("%s ready: %s on %s", settings.role.value, eng.model_name, eng.kind)
+
+AdminDep = Depends(require_admin)
+
+
+def create_app(
+    settings: ModelServerSettings,
+    *,
+    engine: Engine | None = None,
+    engine_factory: EngineFactory | None = None,
+) -> FastAPI:
+    """Build the app. Without ``engine`` the lifespan builds the one the settings name and
+    loads it in the background: /health answers at once, /ready turns 200 when loaded.
+    ``engine_factory`` builds the engines of model switches (default: ``build_engine``)."""
+    metrics = ModelMetrics()
+    served = ServedModel(settings, metrics, engine_factory)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        nonlocal engine
-        if engine is None:
-            from services.model_server.engines import build_engine
-
-            try:
-                engine = build_engine(settings)
-            except ServiceError as exc:
-                state.load_error = exc.message
-        loader = asyncio.create_task(load(engine)) if engine is not None else None
+        served.start(engine)
         try:
             yield
         finally:
-            if loader is not None:
-                loader.cancel()
-                with contextlib.suppress(BaseException):
-                    await loader
-            if engine is not None:
-                await engine.close()
+            await served.close()
 
     app = FastAPI(
         title=f"rationalyst model service ({settings.role.value})",
         version="0.1.0",
         lifespan=lifespan,
     )
-    app.state.model = state
+    app.state.model = served
     install_error_handlers(app)
     token = settings.internal_token.get_secret_value() if settings.internal_token else None
     install_middleware(app, metrics, token=token)
@@ -115,14 +96,12 @@ def create_app(settings: ModelServerSettings, *, engine: Engine | None = None) -
     @app.get("/ready")
     async def ready() -> dict[str, Any]:
         """200 once the model is loaded and the engine healthy; 503 otherwise."""
-        service = state.ready_service()
-        return {
-            "status": "ready",
-            "role": settings.role.value,
-            "model": service.engine.model_name,
-            "engine": service.engine.kind,
-            "max_model_len": service.engine.max_model_len,
-        }
+        return served.ready()
+
+    @app.post("/admin/model", dependencies=[AdminDep])
+    async def switch_model(req: SwitchModelRequest) -> SwitchModelResponse:
+        """Switch the served model: load the new one, swap, drain the old (internal token)."""
+        return await served.switch(req.model)
 
     @app.post("/v1/rationale")
     async def rationale(req: RationaleRequest, service: ServiceDep) -> RationaleResponse:

@@ -10,7 +10,11 @@ import typer
 from services.model_server.settings import EngineKind, ModelServerSettings
 from shared.schemas import Role
 
-models_app = typer.Typer(help="The models cache.", add_completion=False, no_args_is_help=True)
+models_app = typer.Typer(
+    help="The models cache and the model a running service serves.",
+    add_completion=False,
+    no_args_is_help=True,
+)
 
 
 def serve(settings: ModelServerSettings) -> None:
@@ -32,7 +36,10 @@ def serve(settings: ModelServerSettings) -> None:
 
 def serve_model(
     role: Annotated[Role | None, typer.Option(help="rationalyst, agent or scorer.")] = None,
-    model: Annotated[str | None, typer.Option(help="Model folder, cache name or hub id.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model folder, cache name, registered trained model or hub id."),
+    ] = None,
     engine: Annotated[EngineKind | None, typer.Option(help="Model backend.")] = None,
     host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to bind.")] = None,
@@ -64,9 +71,60 @@ def pull(
 
 @models_app.command("path")
 def path(
-    name: Annotated[str, typer.Argument(help="Model name or folder.")] = "smollm2-135m-instruct",
+    name: Annotated[
+        str, typer.Argument(help="Model name (cache or registry) or folder.")
+    ] = "smollm2-135m-instruct",
 ) -> None:
-    """Print the folder a model name resolves to."""
+    """Print the folder a model name resolves to (MODEL_SERVER_* say where to look)."""
     from services.model_server.models import resolve_model
 
-    typer.echo(resolve_model(name))
+    settings = ModelServerSettings()
+    typer.echo(resolve_model(name, settings.models_dir, artifacts_dir=settings.artifacts_dir))
+
+
+@models_app.command("use")
+def use(
+    name: Annotated[
+        str, typer.Argument(help="Registered model name, models-cache name or model folder.")
+    ],
+    url: Annotated[str, typer.Option(help="The model service.")] = "http://127.0.0.1:8101",
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MODEL_SERVER_INTERNAL_TOKEN",
+            help="The service's internal token (its admin API is off without one).",
+        ),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the load.")] = 900.0,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the raw response.")] = False,
+) -> None:
+    """Switch a running model service to another model, without downtime.
+
+    The service keeps serving the old model until the new one is loaded, and finishes the
+    requests in flight on it."""
+    import asyncio
+
+    from shared.clients import ModelServiceClient
+    from shared.errors import ServiceError
+    from shared.schemas import SwitchModelResponse
+
+    async def switch() -> SwitchModelResponse:
+        async with ModelServiceClient("model service", url, token=token) as client:
+            return await client.switch_model(name, timeout=timeout)
+
+    try:
+        result = asyncio.run(switch())
+    except ServiceError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    except ValueError as exc:  # the request itself is invalid (an empty name)
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if json_output:
+        typer.echo(result.model_dump_json(indent=2))
+        return
+    was = f"; was {result.previous_model}" if result.previous_model else ""
+    typer.echo(
+        f"{result.role.value} now serves {result.model} ({result.model_path}) on "
+        f"{result.engine}, loaded in {result.load_s:.1f} s{was}"
+    )

@@ -40,26 +40,79 @@ def is_model_folder(path: Path) -> bool:
     return (path / "config.json").is_file()
 
 
-def resolve_model(name: str, cache: str | os.PathLike[str] | None = None) -> str:
+def resolve_model(
+    name: str,
+    cache: str | os.PathLike[str] | None = None,
+    *,
+    artifacts_dir: str | os.PathLike[str] | None = None,
+    allow_hub: bool = True,
+) -> str:
     """A model argument -> what ``from_pretrained`` should load.
 
-    A folder path is used as is; a name found in the models cache becomes that folder; the
-    embedded model's name, when not yet pulled, is an error that says how to pull it;
-    anything else is passed on as a hub id (works only where the network allows).
+    In this order: a folder path is used as is; a name found in the models cache becomes
+    that folder; a name in the registry of trained models under ``artifacts_dir``
+    (:class:`shared.model_registry.ModelRegistry`) becomes the folder its card points at
+    (a relative path there is relative to the artifacts root); the embedded model's name,
+    when not yet pulled, is an error that says how to pull it; anything else is passed on as
+    a hub id (works only where the network allows). ``allow_hub=False`` makes that last case
+    an error too: only models on this machine are accepted.
+
+    Raises InvalidRequest naming the field ``model``.
     """
     path = Path(name).expanduser()
     if path.exists():
         if not is_model_folder(path):
-            raise InvalidRequest(f"{path} is not a Hugging Face model folder (no config.json)")
+            raise InvalidRequest(
+                f"{path} is not a Hugging Face model folder (no config.json)", field="model"
+            )
         return str(path)
     cached = models_dir(cache) / name
     if is_model_folder(cached):
         return str(cached)
+    if artifacts_dir is not None:
+        registered = _registered_folder(name, Path(artifacts_dir).expanduser())
+        if registered is not None:
+            return registered
     if name == EMBEDDED_MODEL:
         raise InvalidRequest(
-            f"the embedded model is not in {models_dir(cache)}; run `rationalyst models pull`"
+            f"the embedded model is not in {models_dir(cache)}; run `rationalyst models pull`",
+            field="model",
+        )
+    if not allow_hub:
+        where = ""
+        if artifacts_dir is not None:
+            from shared.model_registry import ModelRegistry
+
+            registry = ModelRegistry(Path(artifacts_dir).expanduser())
+            known = ", ".join(m.name for m in registry.list()[:20]) or "none"
+            where = f", not registered in {registry.root} (registered: {known})"
+        raise InvalidRequest(
+            f"unknown model {name!r}: no such folder, not in the models cache "
+            f"{models_dir(cache)}{where}",
+            field="model",
         )
     return name
+
+
+def _registered_folder(name: str, artifacts_dir: Path) -> str | None:
+    """The folder of the registered model ``name``; None when no card has that name."""
+    from shared.model_registry import ModelRegistry
+
+    card = ModelRegistry(artifacts_dir).find(name)
+    if card is None:
+        return None
+    folder = Path(card.path).expanduser()
+    if not folder.is_absolute():
+        folder = artifacts_dir / folder
+    if not is_model_folder(folder):
+        raise InvalidRequest(
+            f"registered model {name!r} points at {folder}, which is not a Hugging Face model "
+            "folder (no config.json): is the artifacts volume mounted at the same path as on "
+            "the worker that trained it?",
+            field="model",
+        )
+    logger.debug("model %s: registered, at %s", name, folder)
+    return str(folder)
 
 
 def pull(cache: str | os.PathLike[str] | None = None, *, force: bool = False) -> Path:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 from typing import Self
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.schemas import Role
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, default_cache_dir
 
 
 class EngineKind(StrEnum):
@@ -27,8 +28,10 @@ class ModelServerSettings(CommonSettings):
     model: str = Field(
         default="smollm2-135m-instruct",
         description="A local Hugging Face model folder, a name in the models cache "
-        "(`rationalyst models pull` makes `smollm2-135m-instruct`), or a hub id where the "
-        "network allows. For the remote engine: the model name the upstream serves.",
+        "(`rationalyst models pull` makes `smollm2-135m-instruct`), the name of a trained model "
+        "in the registry under the artifacts root, or a hub id where the network allows. For "
+        "the remote engine: the model name the upstream serves. `rationalyst models use` "
+        "switches it at run time.",
     )
     served_model_name: str | None = Field(
         default=None, description="Name reported by /v1/models (default: the role)."
@@ -37,6 +40,11 @@ class ModelServerSettings(CommonSettings):
         default=None,
         description="Models cache (default ~/.cache/rationalyst/models, or "
         "$RATIONALYST_MODELS_DIR).",
+    )
+    artifacts_dir: Path = Field(
+        default_factory=lambda: default_cache_dir() / "artifacts",
+        description="Artifacts root shared with the workers: holds the registry of trained "
+        "models (`_models/<name>.json`) and the model folders it points at.",
     )
     engine: EngineKind = Field(default=EngineKind.transformers, description="Model backend.")
     device: str = Field(default="auto", description="transformers: cpu, cuda, or auto.")

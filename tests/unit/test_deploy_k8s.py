@@ -380,6 +380,40 @@ def test_deploy_k8s_services_and_urls_point_at_real_pods_and_ports(
         assert urls[f"GATEWAY_{role.upper()}_URL"].startswith(f"http://{role}-model:")
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_deploy_k8s_model_services_read_the_artifacts_where_the_worker_writes(
+    built: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    """The registry's cards hold the worker's paths of trained models: the model pods mount
+    the artifacts PVC read-only at the same path and look for the registry there."""
+    objs = built[overlay]
+
+    def env_of(workload: dict[str, Any]) -> dict[str, str]:
+        data: dict[str, str] = {}
+        for source in workload["spec"]["template"]["spec"]["containers"][0]["envFrom"]:
+            data.update(named(objs, "ConfigMap", source["configMapRef"]["name"])["data"])
+        return data
+
+    def artifacts_mount(workload: dict[str, Any]) -> dict[str, Any]:
+        spec = workload["spec"]["template"]["spec"]
+        claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName")
+                  for v in spec["volumes"]}  # fmt: skip
+        (mount,) = [m for m in spec["containers"][0]["volumeMounts"]
+                    if claims.get(m["name"]) == "artifacts"]  # fmt: skip
+        return mount
+
+    worker = named(objs, "Deployment", "worker")
+    worker_dir = env_of(worker)["WORKER_ARTIFACTS_DIR"]
+    assert artifacts_mount(worker)["mountPath"] == worker_dir
+    models = [w for w in workloads(objs) if is_model_server(w)]
+    assert len(models) == 3
+    for w in models:
+        assert env_of(w)["MODEL_SERVER_ARTIFACTS_DIR"] == worker_dir, w["metadata"]["name"]
+        mount = artifacts_mount(w)
+        assert mount["mountPath"] == worker_dir
+        assert mount.get("readOnly") is True
+
+
 def test_deploy_k8s_model_roles_differ_only_by_their_config(
     built: dict[str, list[dict[str, Any]]],
 ) -> None:

@@ -147,7 +147,10 @@ class RemoteEngine:
         from services.model_server.models import resolve_model
 
         name = self.settings.tokenizer or self.settings.model
-        return AutoTokenizer.from_pretrained(resolve_model(name, self.settings.models_dir))
+        folder = resolve_model(
+            name, self.settings.models_dir, artifacts_dir=self.settings.artifacts_dir
+        )
+        return AutoTokenizer.from_pretrained(folder)
 
     async def _context_length(self) -> int:
         """``settings.max_model_len``, capped by the upstream's ``max_model_len`` in
