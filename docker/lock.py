@@ -61,14 +61,14 @@ SETS = {
     "cpu": LockSet(
         "cpu",
         "3.11",
-        ("model", "worker", "eval"),
+        ("model", "worker", "train", "eval"),
         (TORCH_CPU, "pip", "hatchling"),
         "docker/model-server.Dockerfile and docker/worker.Dockerfile (torch CPU build)",
     ),
     "gpu": LockSet(
         "gpu",
         "3.12",
-        ("model", "worker", "eval"),
+        ("model", "worker", "train", "eval"),
         (VLLM, "pip", "hatchling"),
         "docker/model-server-gpu.Dockerfile and docker/worker-gpu.Dockerfile (CUDA torch, vLLM)",
     ),

@@ -39,7 +39,7 @@ COPY docker/constraints/gpu.txt /tmp/constraints.txt
 RUN uv pip install --constraint /tmp/constraints.txt "torch==2.13.0"
 COPY pyproject.toml README.md /src/
 RUN uv pip install --constraint /tmp/constraints.txt -r /src/pyproject.toml \
-        --extra model --extra worker --extra eval pip
+        --extra model --extra worker --extra train --extra eval pip
 COPY shared /src/shared
 COPY gateway /src/gateway
 COPY services /src/services

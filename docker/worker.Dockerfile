@@ -28,11 +28,11 @@ COPY docker/constraints/cpu.txt /tmp/constraints.txt
 RUN uv pip install --constraint /tmp/constraints.txt \
         --extra-index-url "$TORCH_INDEX" --index-strategy unsafe-best-match "$TORCH_SPEC"
 
-# The `model` (training), `worker` (queue, embeddings) and `eval` (report charts) extras; pip
+# The `model`, `worker` (queue, embeddings), `train` (TRL, peft) and `eval` (charts) extras; pip
 # so that `rationalyst models pull` works in the container.
 COPY pyproject.toml README.md /src/
 RUN uv pip install --constraint /tmp/constraints.txt -r /src/pyproject.toml \
-        --extra model --extra worker --extra eval pip
+        --extra model --extra worker --extra train --extra eval pip
 COPY shared /src/shared
 COPY gateway /src/gateway
 COPY services /src/services

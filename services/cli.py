@@ -10,7 +10,7 @@ import typer
 
 from gateway import cli as gateway_cli
 from services.model_server.cli import models_app, serve_model
-from services.worker.cli import jobs_app, worker
+from services.worker.cli import jobs_app, list_models, show_model, worker
 from services.worker.evaluation.cli import app as eval_app
 from services.worker.evaluation.cli import data_app
 
@@ -27,6 +27,8 @@ serve_app = typer.Typer(help="Start one service.", no_args_is_help=True)
 serve_app.command("model")(serve_model)
 serve_app.command("gateway")(gateway_cli.serve)
 app.add_typer(serve_app, name="serve")
+models_app.command("list")(list_models)
+models_app.command("show")(show_model)
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 app.add_typer(jobs_app, name="jobs")

@@ -24,6 +24,7 @@ class JobKind(StrEnum):
     filter = "filter"
     sft_data = "sft_data"
     rationale_pipeline = "rationale_pipeline"
+    train_rationalyst = "train_rationalyst"
 
 
 STAGE_KINDS: tuple[JobKind, ...] = (
@@ -33,6 +34,10 @@ STAGE_KINDS: tuple[JobKind, ...] = (
     JobKind.sft_data,
 )
 """The kinds that are one stage each; ``rationale_pipeline`` chains all four in this order."""
+
+LONG_RUNNING_KINDS: frozenset[JobKind] = frozenset({JobKind.train_rationalyst})
+"""Stages whose one shard may run for days (training): queued under their own arq task, whose
+timeout is the worker's ``train_timeout_s`` rather than ``shard_timeout_s``."""
 
 
 class InputFormat(StrEnum):
@@ -189,6 +194,161 @@ class SftOptions(Strict):
 
 
 # --------------------------------------------------------------------------------------------
+# Training a rationalyst (REFERENCE.md 1.3)
+
+
+class TrainMethod(StrEnum):
+    full = "full"
+    lora = "lora"
+    """LoRA adapters (peft), merged into the base weights when the model is exported."""
+
+
+class TrainPreset(StrEnum):
+    small = "small"
+    """For the embedded 135M model on a CPU: 3 epochs, lr 1e-4, batch 8, max length 512."""
+    paper = "paper"
+    """The paper's recipe for Llama-3-8B-Instruct on GPUs: full fine-tune, 20 epochs, lr 2e-5,
+    effective batch 32 (4 x 8 accumulation), cosine schedule, max length 1024."""
+
+
+PRESETS: dict[TrainPreset, dict[str, Any]] = {
+    TrainPreset.small: {
+        "epochs": 3.0,
+        "learning_rate": 1e-4,
+        "batch_size": 8,
+        "gradient_accumulation_steps": 1,
+        "max_length": 512,
+        "lr_scheduler": "cosine",
+        "warmup_ratio": 0.0,
+    },
+    TrainPreset.paper: {
+        "epochs": 20.0,
+        "learning_rate": 2e-5,
+        "batch_size": 4,
+        "gradient_accumulation_steps": 8,
+        "max_length": 1024,
+        "lr_scheduler": "cosine",
+        "warmup_ratio": 0.03,
+    },
+}
+
+
+class TrainDataSpec(Strict):
+    """Chat rows ``{"messages": [..., user: preceding, assistant: rationale]}`` as the
+    ``sft_data`` stage writes them (rows ``{"preceding", "rationale"}`` are accepted too)."""
+
+    job: str | None = Field(
+        default=None,
+        pattern=JOB_ID_PATTERN,
+        description="A succeeded sft_data or rationale_pipeline job: its sft_data/train.jsonl "
+        "(and dev.jsonl for evaluation).",
+    )
+    train: list[NonEmptyStr] | None = Field(
+        default=None, min_length=1, description="Training files (JSONL) on the worker."
+    )
+    dev: list[NonEmptyStr] | None = Field(
+        default=None, min_length=1, description="Evaluation files (JSONL) on the worker."
+    )
+    dev_fraction: float = Field(
+        default=0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Without dev rows (no dev files, or an empty dev.jsonl): hold out this share "
+        "of the training rows (seeded) for the eval loss; 0 = no evaluation.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.job is None) == (self.train is None):
+            raise ValueError("give either data.job or data.train")
+        if self.job is not None and self.dev is not None:
+            raise ValueError("data.dev goes with data.train (a job brings its own dev split)")
+        return self
+
+
+class TrainRationalystSpec(Strict):
+    """Fine-tune a rationale model on chat rows with TRL's SFTTrainer (loss on the assistant
+    turn only), export it as a Hugging Face folder and register it under ``model_name``.
+
+    Hyperparameters left out come from ``preset``; the resolved values are recorded with the
+    model.
+    """
+
+    kind: Literal[JobKind.train_rationalyst]
+    name: str | None = Field(default=None, max_length=200, description="A label for listings.")
+    data: TrainDataSpec
+    limit: int | None = Field(default=None, ge=1, description="Train on the first N rows only.")
+    base_model: NonEmptyStr = Field(
+        default="smollm2-135m-instruct",
+        description="A model folder, a models-cache name or a registered model, on the worker.",
+    )
+    model_name: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
+        description="Registry name of the trained model (default: rationalyst-<job id>).",
+    )
+    method: TrainMethod = Field(default=TrainMethod.full, description="full or lora.")
+    preset: TrainPreset = Field(
+        default=TrainPreset.small, description="Defaults of the hyperparameters left out."
+    )
+    epochs: float | None = Field(default=None, gt=0, le=1000)
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Optimizer steps; overrides epochs when given."
+    )
+    learning_rate: float | None = Field(default=None, gt=0, lt=1)
+    batch_size: int | None = Field(default=None, ge=1, le=4096, description="Per device.")
+    gradient_accumulation_steps: int | None = Field(default=None, ge=1, le=4096)
+    max_length: int | None = Field(
+        default=None,
+        ge=16,
+        le=131_072,
+        description="Tokens per row; longer rows lose the start of the user turn first.",
+    )
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] | None = None
+    warmup_ratio: float | None = Field(default=None, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=0.0, ge=0.0, lt=1.0)
+    lora_r: int = Field(default=16, ge=1, le=1024, description="lora: adapter rank.")
+    lora_alpha: int = Field(default=32, ge=1, le=4096, description="lora: scaling.")
+    lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    lora_target_modules: list[NonEmptyStr] | Literal["all-linear"] = Field(
+        default="all-linear", description="lora: modules that get adapters."
+    )
+    logging_steps: int = Field(default=1, ge=1, description="Loss reported every N steps.")
+    eval_steps: int | None = Field(
+        default=None, ge=1, description="Eval loss every N steps (default: once per epoch)."
+    )
+    save_steps: int = Field(
+        default=50, ge=1, description="Checkpoint every N steps (a restarted job resumes there)."
+    )
+    save_total_limit: int = Field(default=2, ge=1, description="Checkpoints kept.")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="auto = cuda when a GPU is visible, else cpu."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="Training precision (auto: bf16 on GPUs that have it)."
+    )
+    gradient_checkpointing: bool = Field(default=False, description="Less memory, more time.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.device == "cpu" and self.dtype == "float16":
+            raise ValueError("float16 training needs device='cuda'")
+        return self
+
+    def resolved(self) -> dict[str, Any]:
+        """The hyperparameters with the preset's values where the spec left them out."""
+        out = dict(PRESETS[self.preset])
+        for key in out:
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.max_steps is not None:
+            out["max_steps"] = self.max_steps
+        return out
+
+
+# --------------------------------------------------------------------------------------------
 # Job specs (POST /v1/jobs)
 
 
@@ -239,7 +399,12 @@ class RationalePipelineSpec(JobCommon):
 
 
 JobSpec = Annotated[
-    PrefilterSpec | ExtractSpec | FilterSpec | SftDataSpec | RationalePipelineSpec,
+    PrefilterSpec
+    | ExtractSpec
+    | FilterSpec
+    | SftDataSpec
+    | RationalePipelineSpec
+    | TrainRationalystSpec,
     Field(discriminator="kind"),
 ]
 
@@ -302,6 +467,21 @@ class RecordCounts(Strict):
     records_out: int = Field(default=0, description="Rows written (extract: triples).")
 
 
+class TrainingProgress(Strict):
+    """Where a training stage is (from the trainer's log, refreshed every few seconds)."""
+
+    step: int = 0
+    max_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = Field(default=None, description="Training loss of the last log step.")
+    eval_loss: float | None = Field(default=None, description="Last evaluation loss.")
+    learning_rate: float | None = None
+    resumed_from_step: int | None = Field(
+        default=None, description="Set when the run resumed from a checkpoint."
+    )
+    phase: str = Field(default="starting", description="starting, training, exporting, done.")
+
+
 class StageStatus(Strict):
     name: JobKind
     state: StageState = StageState.pending
@@ -311,6 +491,7 @@ class StageStatus(Strict):
     finished_at: float | None = None
     busy_s: float = Field(default=0.0, description="Summed wall time of its finished shards.")
     shards_running: int = 0
+    training: TrainingProgress | None = Field(default=None, description="Training stages only.")
 
 
 class Timings(Strict):
@@ -337,6 +518,9 @@ class JobStatus(Strict):
     stage: JobKind | None = Field(default=None, description="The stage running now.")
     progress: Progress = Field(description="Of the current (or last) stage.")
     counts: RecordCounts = Field(description="Of the current (or last) stage.")
+    training: TrainingProgress | None = Field(
+        default=None, description="Of a training job: step, loss, eval loss."
+    )
     stages: list[StageStatus]
     errors: list[RecordError] = Field(default_factory=list, description="Sampled failures.")
     errors_total: int = 0

@@ -36,6 +36,7 @@ from redis.asyncio import ConnectionPool
 from shared.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from shared.job_schemas import (
     JOB_ID_PATTERN,
+    LONG_RUNNING_KINDS,
     ArtifactInfo,
     JobKind,
     JobSpec,
@@ -47,8 +48,11 @@ from shared.job_schemas import (
     StageState,
     StageStatus,
     Timings,
+    TrainingProgress,
+    TrainRationalystSpec,
     stage_kinds,
 )
+from shared.model_registry import ModelRegistry
 from shared.settings import default_cache_dir
 
 logger = logging.getLogger(__name__)
@@ -60,6 +64,8 @@ MAX_SAMPLED_ERRORS = 20
 # arq task names (the worker registers functions under these names)
 PLAN_TASK = "plan_stage"
 SHARD_TASK = "run_shard"
+TRAIN_TASK = "run_training_shard"
+"""The same step as SHARD_TASK for LONG_RUNNING_KINDS, under the training timeout."""
 FINISH_TASK = "finish_stage"
 
 JOB_SPEC_ADAPTER: TypeAdapter[Any] = TypeAdapter(JobSpec)
@@ -87,6 +93,12 @@ class JobStoreSettings(BaseSettings):
 
 # --------------------------------------------------------------------------------------------
 # Artifacts layout
+
+
+def training_data_files(root: Path, job_id: str) -> tuple[Path, Path]:
+    """Where a finished sft_data (or rationale_pipeline) job keeps its train and dev rows."""
+    folder = stage_dir(root, job_id, JobKind.sft_data)
+    return folder / "train.jsonl", folder / "dev.jsonl"
 
 
 def job_dir(root: Path, job_id: str) -> Path:
@@ -266,6 +278,8 @@ class JobStore:
         """Register a job and queue the planning of its first stage."""
         job_id = job_id or f"job-{uuid.uuid4().hex[:16]}"
         check_job_id(job_id)
+        if isinstance(spec, TrainRationalystSpec):
+            await self.check_training_spec(spec)
         now = time.time()
         stages = stage_kinds(spec.kind)
         fields = {
@@ -288,6 +302,38 @@ class JobStore:
             await self.enqueue_plan(job_id, 0)
         logger.info("job %s created: %s", job_id, spec.kind.value)
         return await self.get(job_id)
+
+    async def check_training_spec(self, spec: TrainRationalystSpec) -> None:
+        """Reject at submit what would fail at once: a data job that is unknown, unfinished,
+        of another kind or without rows, and a model name that is already registered. (Data
+        files named directly live on the workers' file system; a worker checks those.)"""
+        if spec.model_name and ModelRegistry(self.artifacts_dir).find(spec.model_name):
+            raise InvalidRequest(
+                f"model name {spec.model_name!r} is already registered", field="model_name"
+            )
+        if spec.data.job is None:
+            return
+        try:
+            source = await self.get(spec.data.job)
+        except NotFound:
+            raise InvalidRequest(f"no job {spec.data.job!r}", field="data.job") from None
+        if source.kind not in (JobKind.sft_data, JobKind.rationale_pipeline):
+            raise InvalidRequest(
+                f"job {source.id} is a {source.kind.value} job; training data comes from an "
+                "sft_data or rationale_pipeline job",
+                field="data.job",
+            )
+        if source.state is not JobState.succeeded:
+            raise InvalidRequest(
+                f"job {source.id} has not succeeded (it is {source.state.value})",
+                field="data.job",
+            )
+        train, _ = training_data_files(self.artifacts_dir, source.id)
+        if not train.is_file() or train.stat().st_size == 0:
+            raise InvalidRequest(
+                f"job {source.id} produced no training rows ({train} is missing or empty)",
+                field="data.job",
+            )
 
     async def get(self, job_id: str) -> JobStatus:
         check_job_id(job_id)
@@ -349,9 +395,11 @@ class JobStore:
             PLAN_TASK, job_id, stage, _job_id=f"{job_id}:s{stage}:plan", _expires=_EXPIRES_S
         )
 
-    async def enqueue_shard(self, job_id: str, stage: int, shard: int) -> None:
+    async def enqueue_shard(
+        self, job_id: str, stage: int, shard: int, *, kind: JobKind | None = None
+    ) -> None:
         await self.redis.enqueue_job(
-            SHARD_TASK,
+            TRAIN_TASK if kind in LONG_RUNNING_KINDS else SHARD_TASK,
             job_id,
             stage,
             shard,
@@ -401,6 +449,9 @@ class JobStore:
             fields["state"] = JobState.running.value
             fields["started_at"] = now
         await self.set_if_active(job_id, fields)
+
+    async def training_progress(self, job_id: str, stage: int, progress: TrainingProgress) -> None:
+        await self.update(job_id, {f"s{stage}:training": progress.model_dump_json()})
 
     async def stage_planned(
         self, job_id: str, stage: int, *, shards_total: int, records_total: int
@@ -514,6 +565,7 @@ class JobStore:
                     finished_at=_num(raw.get(p + "finished_at"), float),
                     busy_s=_num(raw.get(p + "busy_s"), float) or 0.0,
                     shards_running=sum(1 for key in running if key.startswith(f"{k}:")),
+                    training=_training(raw.get(p + "training")),
                 )
             )
         index = min(int(raw.get("stage_index", "0")), len(stages) - 1)
@@ -543,6 +595,7 @@ class JobStore:
             stage=current.name if state is JobState.running else None,
             progress=current.progress,
             counts=current.counts,
+            training=current.training,
             stages=stages,
             errors=sampled,
             errors_total=_num(raw.get("errors_total")) or 0,
@@ -556,6 +609,15 @@ class JobStore:
 _EXPIRES_S = 30 * 24 * 3600
 """A queued shard is dropped by arq if no worker starts it within this time (arq's default is
 one day, too short for a large job on few workers)."""
+
+
+def _training(raw: str | None) -> TrainingProgress | None:
+    if not raw:
+        return None
+    try:
+        return TrainingProgress.model_validate_json(raw)
+    except ValidationError:
+        return None
 
 
 def _decode(raw: Mapping[Any, Any]) -> dict[str, str]:

@@ -144,7 +144,9 @@ def submit(
     ] = None,
     kind: Annotated[
         str | None,
-        typer.Option(help="prefilter, extract, filter, sft_data or rationale_pipeline."),
+        typer.Option(
+            help="prefilter, extract, filter, sft_data, rationale_pipeline or train_rationalyst."
+        ),
     ] = None,
     input_paths: Annotated[
         list[str] | None,
@@ -168,6 +170,27 @@ def submit(
     typer.echo(status["id"])
     if watch_:
         watch(status["id"], gateway=gateway, api_key=api_key)
+
+
+def _stage_line(stage: dict[str, Any]) -> tuple[int, int | None, str]:
+    """A stage's bar: records for data stages; optimizer steps, loss and eval loss for
+    training."""
+    t = stage.get("training")
+    if t is not None:
+        parts = [f"step {t['step']}/{t['max_steps'] or '?'}"]
+        for key, label in (("loss", "loss"), ("eval_loss", "eval loss")):
+            if t.get(key) is not None:
+                parts.append(f"{label} {t[key]:.4f}")
+        if t.get("resumed_from_step") is not None:
+            parts.append(f"resumed at {t['resumed_from_step']}")
+        parts.append(f"[{t['phase'] if stage['state'] == 'running' else stage['state']}]")
+        return int(t["step"]), t["max_steps"], "  ".join(parts)
+    p, c = stage["progress"], stage["counts"]
+    detail = (
+        f"kept {c['records_kept']}  dropped {c['records_dropped']}  "
+        f"failed {c['records_failed']}  [{stage['state']}]"
+    )
+    return int(p["records_done"]), p["records_total"], detail
 
 
 @jobs_app.command("watch")
@@ -195,19 +218,10 @@ def watch(
         while True:
             status = _call(gateway, api_key, "GET", f"/v1/jobs/{job_id}").json()
             for st in status["stages"]:
-                p, c = st["progress"], st["counts"]
-                detail = (
-                    f"kept {c['records_kept']}  dropped {c['records_dropped']}  "
-                    f"failed {c['records_failed']}  [{st['state']}]"
-                )
+                completed, total, detail = _stage_line(st)
                 if st["name"] not in bars:
                     bars[st["name"]] = progress.add_task(st["name"], total=None, detail=detail)
-                progress.update(
-                    bars[st["name"]],
-                    completed=p["records_done"],
-                    total=p["records_total"],
-                    detail=detail,
-                )
+                progress.update(bars[st["name"]], completed=completed, total=total, detail=detail)
             if status["state"] in ("succeeded", "failed", "cancelled"):
                 break
             time.sleep(interval)
@@ -310,3 +324,46 @@ def fetch(
                         f.write(chunk)
                 tmp.replace(target)
             typer.echo(str(target))
+
+
+# --------------------------------------------------------------------------------------------
+# The registry of trained models (mounted under `rationalyst models`)
+
+
+def list_models(
+    gateway: GatewayOpt = DEFAULT_GATEWAY,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """List trained models: name, base, data, metrics, folder."""
+    from rich.console import Console
+    from rich.table import Table
+
+    models = _call(gateway, api_key, "GET", "/v1/registry/models").json()["models"]
+    table = Table("name", "base", "method", "rows", "steps", "eval loss", "job", "path")
+    for m in models:
+        metrics, train = m.get("metrics", {}), m.get("data", {}).get("train", {})
+        before, after = metrics.get("eval_loss_before"), metrics.get("eval_loss")
+        eval_loss = "-"
+        if after is not None:
+            eval_loss = f"{before:.3f} → {after:.3f}" if before is not None else f"{after:.3f}"
+        table.add_row(
+            m["name"],
+            m["base_model"],
+            m["method"],
+            str(train.get("kept", "-")),
+            str(int(metrics["steps"])) if metrics.get("steps") is not None else "-",
+            eval_loss,
+            m.get("job_id") or "-",
+            m["path"],
+        )
+    Console().print(table)
+
+
+def show_model(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    gateway: GatewayOpt = DEFAULT_GATEWAY,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Print a trained model's registry card as JSON."""
+    card = _call(gateway, api_key, "GET", f"/v1/registry/models/{name}").json()
+    typer.echo(json.dumps(card, indent=2))

@@ -35,11 +35,12 @@ from services.worker.artifacts import (
     remove_temporaries,
     write_json,
 )
+from services.worker.inputs import InputError, plan_to_json, read_shard, shards_from_json
 from services.worker.inputs import plan as plan_inputs
-from services.worker.inputs import plan_to_json, read_shard, shards_from_json
 from services.worker.runtime import WorkerRuntime
 from services.worker.stages import build_stage
 from services.worker.stages.base import JobStopped, StageContext
+from services.worker.stages.train import training_input
 from shared.job_schemas import (
     InputFormat,
     InputSpec,
@@ -47,6 +48,7 @@ from shared.job_schemas import (
     JobState,
     RecordError,
     StageState,
+    TrainRationalystSpec,
     stage_kinds,
 )
 from shared.jobs_store import KEY_PREFIX, job_dir
@@ -54,6 +56,8 @@ from shared.jobs_store import KEY_PREFIX, job_dir
 logger = logging.getLogger(__name__)
 
 COUNT_KEYS = ("records", "in", "kept", "dropped", "failed", "out")
+SINGLE_SHARD = 1 << 40
+"""Shard size of a single-shard stage: every record in shard 0."""
 
 
 class JobRunner:
@@ -88,6 +92,8 @@ class JobRunner:
 
     def stage_input(self, job_id: str, spec: Any, k: int, kinds: list[JobKind]) -> InputSpec:
         """Stage 0 reads the job's input; a later stage reads the previous one's output."""
+        if k == 0 and isinstance(spec, TrainRationalystSpec):
+            return training_input(spec, self.root)
         if k == 0:
             result: InputSpec = spec.input
             return result
@@ -137,10 +143,15 @@ class JobRunner:
             plan = self.load_plan(paths)
         else:
             input_spec = self.stage_input(job_id, spec, k, kinds)
-            shard_size = spec.shard_size or self.rt.settings.shard_size
+            stage = build_stage(spec, kind)
+            if stage.single_shard:
+                shard_size = SINGLE_SHARD
+            else:
+                shard_size = getattr(spec, "shard_size", None) or self.rt.settings.shard_size
             limit = spec.limit if k == 0 else None
             p = await asyncio.to_thread(plan_inputs, input_spec, shard_size, limit=limit)
-            stage = build_stage(spec, kind)
+            if stage.single_shard and not p.records_total:
+                raise InputError(f"no {kind.value} rows in {', '.join(input_spec.paths)}")
             extras = await stage.prepare(self.rt) if p.records_total else {}
             plan = {
                 "job_id": job_id,
@@ -170,7 +181,7 @@ class JobRunner:
             if paths.shard_done(i).exists():
                 await self.count_shard(job_id, k, i, read_json(paths.shard_done(i)), n)
             else:
-                await self.store.enqueue_shard(job_id, k, i)
+                await self.store.enqueue_shard(job_id, k, i, kind=kind)
         return f"{n} shards"
 
     # -- shard ---------------------------------------------------------------------------
@@ -320,7 +331,7 @@ class JobRunner:
         missing = [i for i in range(n) if not paths.shard_done(i).exists()]
         if missing:  # Redis said done but the disk disagrees: the disk wins
             for i in missing:
-                await self.store.enqueue_shard(job_id, k, i)
+                await self.store.enqueue_shard(job_id, k, i, kind=kind)
             return f"{len(missing)} shards not on disk; queued again"
         stats = [read_json(paths.shard_done(i)) for i in range(n)]
         stage = build_stage(spec, kind)

@@ -49,6 +49,12 @@ class WorkerSettings(CommonSettings, JobStoreSettings):
     shard_timeout_s: float = Field(
         default=3600.0, gt=0, description="A shard running longer than this is cancelled."
     )
+    train_timeout_s: float = Field(
+        default=7 * 24 * 3600.0,
+        gt=0,
+        description="A training run (the one shard of a train_rationalyst job) running longer "
+        "than this is cancelled.",
+    )
     lease_s: float = Field(
         default=30.0,
         ge=0,

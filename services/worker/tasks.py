@@ -34,7 +34,7 @@ from services.worker.settings import WorkerSettings
 from services.worker.stages.base import JobStopped
 from shared.errors import InvalidRequest, NotFound
 from shared.job_schemas import JOB_ID_PATTERN
-from shared.jobs_store import FINISH_TASK, PLAN_TASK, SHARD_TASK, JobStore, connect
+from shared.jobs_store import FINISH_TASK, PLAN_TASK, SHARD_TASK, TRAIN_TASK, JobStore, connect
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +183,7 @@ def build_worker(
     functions = [
         func(plan_stage, name=PLAN_TASK, max_tries=tries, timeout=settings.shard_timeout_s),
         func(run_shard, name=SHARD_TASK, max_tries=tries, timeout=settings.shard_timeout_s),
+        func(run_shard, name=TRAIN_TASK, max_tries=tries, timeout=settings.train_timeout_s),
         func(finish_stage, name=FINISH_TASK, max_tries=tries, timeout=settings.shard_timeout_s),
     ]
     return Worker(

@@ -1,9 +1,10 @@
 """Integration fixtures: real model services on the embedded SmolLM2 as subprocesses on free
 loopback ports, and gateways served in-process by uvicorn over real HTTP.
 
-- ``model_service_factory(*roles, env=None)`` starts one service per role (in parallel, each
-  its own process), waits until all are ready and returns them; everything it started is
-  stopped at the end of the session. Tests that kill a service start their own.
+- ``model_service_factory(*roles, env=None, model=None)`` starts one service per role (in
+  parallel, each its own process; ``model`` defaults to the embedded one), waits until all are
+  ready and returns them; everything it started is stopped at the end of the session. Tests
+  that kill a service start their own.
 - ``model_services`` is the shared trio ``{"rationalyst": url, "agent": url, "scorer": url}``.
 - ``gateway_factory(**settings)`` serves a gateway app (``create_app``) on a free port in a
   background thread and returns its URL; ``gateway_url`` is one on the shared trio.
@@ -54,12 +55,14 @@ def model_service_factory(
     log_dir = tmp_path_factory.mktemp("model-service-logs")
     started: list[ServiceProcess] = []
 
-    def start(*roles: str, env: Mapping[str, str] | None = None) -> list[RunningService]:
+    def start(
+        *roles: str, env: Mapping[str, str] | None = None, model: str | None = None
+    ) -> list[RunningService]:
         out = []
         for role in roles:
             port = free_port()
             url = f"http://127.0.0.1:{port}"
-            cmd = model_service_command(role, port, model=str(model_path))
+            cmd = model_service_command(role, port, model=model or str(model_path))
             proc = start_process(
                 f"{role}-{port}", cmd, url, log_dir=log_dir, env={**SERVICE_ENV, **(env or {})}
             )

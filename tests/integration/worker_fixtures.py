@@ -108,18 +108,21 @@ class WorkerProcess:
 
 
 class _ApiServer:
-    """The job router in a small app on a background thread (uvicorn, its own event loop)."""
+    """The job and registry routers in a small app on a background thread (uvicorn, its own
+    event loop)."""
 
     def __init__(self, settings: Any) -> None:
         import uvicorn
         from fastapi import FastAPI
 
         from gateway.jobs import create_jobs_router
+        from gateway.registry import create_registry_router
         from shared.http import install_error_handlers
 
         app = FastAPI()
         install_error_handlers(app)
         app.include_router(create_jobs_router(settings))
+        app.include_router(create_registry_router(settings))
         self.port = free_port()
         config = uvicorn.Config(
             app, host="127.0.0.1", port=self.port, log_config=None, lifespan="on"

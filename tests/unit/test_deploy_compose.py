@@ -246,6 +246,24 @@ def test_deploy_compose_wires_the_services_together() -> None:
     }
 
 
+@pytest.mark.parametrize("gpu_file", [False, True], ids=["cpu", "gpu"])
+def test_deploy_compose_model_services_read_the_artifacts_where_the_worker_writes(
+    gpu_file: bool,
+) -> None:
+    """The registry's cards hold the worker's paths of trained models: the model services
+    mount the same volume read-only at the same path and look for the registry there."""
+    base = interpolate(load(BASE), {})["services"]
+    gpu = interpolate(load(GPU), GPU_ENV)["services"] if gpu_file else {}
+    worker_dir = base["worker"]["environment"]["WORKER_ARTIFACTS_DIR"]
+    assert f"artifacts:{worker_dir}" in base["worker"]["volumes"]
+    for role in MODEL_ROLES:
+        # The GPU file is layered over the base: what it does not set comes from there.
+        environment = base[role]["environment"] | gpu.get(role, {}).get("environment", {})
+        volumes = gpu.get(role, {}).get("volumes") or base[role]["volumes"]
+        assert environment["MODEL_SERVER_ARTIFACTS_DIR"] == worker_dir
+        assert f"artifacts:{worker_dir}:ro" in volumes
+
+
 def test_deploy_compose_publishes_only_the_gateway_on_loopback() -> None:
     services = interpolate(load(BASE), {})["services"]
     published = {n for n, s in services.items() if s.get("ports")}

@@ -11,6 +11,7 @@ from services.worker.stages.extract import ExtractStage
 from services.worker.stages.filter import FilterStage
 from services.worker.stages.prefilter import PrefilterStage
 from services.worker.stages.sft import SftStage
+from services.worker.stages.train import TrainStage
 from shared.job_schemas import (
     ExtractOptions,
     FilterOptions,
@@ -18,6 +19,7 @@ from shared.job_schemas import (
     PrefilterOptions,
     RationalePipelineSpec,
     SftOptions,
+    TrainRationalystSpec,
 )
 
 STAGES: dict[JobKind, tuple[type[Stage], type[BaseModel]]] = {
@@ -25,6 +27,7 @@ STAGES: dict[JobKind, tuple[type[Stage], type[BaseModel]]] = {
     JobKind.extract: (ExtractStage, ExtractOptions),
     JobKind.filter: (FilterStage, FilterOptions),
     JobKind.sft_data: (SftStage, SftOptions),
+    JobKind.train_rationalyst: (TrainStage, TrainRationalystSpec),
 }
 
 

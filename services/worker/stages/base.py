@@ -196,6 +196,8 @@ class Stage(ABC):
 
     kind: JobKind
     streams: tuple[str, ...] = ("output",)
+    single_shard: bool = False
+    """All records in one shard (training), and a stage without records fails the job."""
 
     def __init__(self, options: BaseModel) -> None:
         self.options = options

@@ -1,0 +1,226 @@
+"""The ``train_rationalyst`` stage: one shard that runs a training child process.
+
+The shard writes ``request.json`` and starts ``python -m services.worker.training`` (see
+:mod:`services.worker.training.run`); while the child runs, the shard relays its
+``progress.json`` to the job API every second and watches for a cancel. A child that exits 0
+has written ``result.json`` and ``model/``; ``finish`` registers the model. A worker killed
+mid-training takes its child with it; the shard is then taken again (arq's lease) and the new
+child resumes from the last complete checkpoint. A child that finds no usable row fails the
+job at once, with the counts of what was dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from services.worker.inputs import InputError, RawRecord
+from services.worker.stages.base import ShardResult, Stage, StageContext
+from services.worker.training import EXIT_NO_DATA, TrainPaths
+from shared.errors import InvalidRequest
+from shared.files import read_json, write_json
+from shared.job_schemas import (
+    InputFormat,
+    InputSpec,
+    JobKind,
+    TrainingProgress,
+    TrainRationalystSpec,
+)
+from shared.jobs_store import stage_dir, training_data_files
+from shared.model_registry import ModelRegistry, RegisteredModel
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 1.0
+TERMINATE_GRACE_S = 15.0
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: the kernel sends SIGKILL to the child when the worker dies (kill -9 included)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_DEATHSIG
+
+
+def default_model_name(job_id: str) -> str:
+    return f"rationalyst-{job_id}"[:64]
+
+
+def training_input(spec: TrainRationalystSpec, artifacts_dir: Path) -> InputSpec:
+    """The training rows as the stage's input (planning counts them; none fails the job)."""
+    if spec.data.job is not None:
+        train, _ = training_data_files(artifacts_dir, spec.data.job)
+        if not train.is_file():
+            raise InputError(f"job {spec.data.job} has no training rows at {train}")
+        paths = [str(train)]
+    else:
+        paths = list(spec.data.train or [])
+    return InputSpec(paths=paths, format=InputFormat.jsonl)
+
+
+class TrainStage(Stage):
+    kind = JobKind.train_rationalyst
+    single_shard = True
+    options: TrainRationalystSpec
+
+    async def prepare(self, runtime: Any) -> dict[str, Any]:
+        return await asyncio.to_thread(self._dev_files, runtime.settings.artifacts_dir)
+
+    def _dev_files(self, artifacts_dir: Path) -> dict[str, Any]:
+        """The dev files: the data job's dev.jsonl when it has rows, or the ones named."""
+        data = self.options.data
+        if data.job is not None:
+            _, dev = training_data_files(artifacts_dir.expanduser(), data.job)
+            return {"dev_files": [str(dev)] if dev.is_file() and dev.stat().st_size else []}
+        for path in data.dev or []:
+            if not Path(path).is_file():
+                raise InputError(f"dev file {path} does not exist")
+        return {"dev_files": list(data.dev or [])}
+
+    async def process(self, records: list[RawRecord], ctx: StageContext) -> ShardResult:
+        settings = ctx.runtime.settings
+        paths = TrainPaths(stage_dir(settings.artifacts_dir.expanduser(), ctx.job_id, self.kind))
+        if not paths.result.is_file():
+            await asyncio.to_thread(self._write_request, paths, ctx)
+            await self._run_child(paths, ctx)
+        result = read_json(paths.result)
+        data = result["data"]
+        dropped = data["train"]["dropped_total"]
+        if data.get("dev_held_out_from_train"):
+            dropped += data["dev"]["dropped_total"]
+        n = len(records)
+        counts = Counter(
+            {"records": n, "in": n, "kept": n - dropped, "dropped": dropped, "failed": 0, "out": 1}
+        )
+        reasons = Counter(data["train"]["dropped"])
+        return ShardResult(
+            streams={"output": [{"model_path": str(paths.model), **result}]},
+            counts=counts,
+            drop_reasons=reasons,
+            errors=[],
+            errors_total=0,
+            stats={"training": result["metrics"]},
+        )
+
+    def _write_request(self, paths: TrainPaths, ctx: StageContext) -> None:
+        """What the child trains; written once per attempt (same content every time)."""
+        from services.model_server.models import resolve_model
+
+        spec = self.options
+        try:
+            base = resolve_model(
+                spec.base_model, artifacts_dir=ctx.runtime.settings.artifacts_dir, allow_hub=False
+            )
+        except InvalidRequest as exc:
+            raise InputError(f"base_model: {exc.message}") from exc
+        write_json(
+            paths.request,
+            {
+                "spec": spec.model_dump(mode="json"),
+                "train_files": ctx.input.paths,
+                "dev_files": ctx.extras.get("dev_files", []),
+                "base_model_path": base,
+            },
+        )
+
+    async def _run_child(self, paths: TrainPaths, ctx: StageContext) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+        with open(paths.log, "ab") as log:  # noqa: ASYNC230 - opening a log file is instant
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "services.worker.training",
+                str(paths.root),
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
+                env=env,
+                preexec_fn=_die_with_parent,
+            )
+        logger.info("job %s: training in process %d (log %s)", ctx.job_id, proc.pid, paths.log)
+        seen = 0.0
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), POLL_S)
+                seen = await self._relay_progress(paths, ctx, seen)
+                if proc.returncode is not None:
+                    break
+                await ctx.check_active()  # a cancel stops the child below
+        finally:
+            if proc.returncode is None:
+                await _terminate(proc)
+        if proc.returncode == EXIT_NO_DATA:
+            reason = read_json(paths.error).get("reason", "no usable training rows")
+            raise InputError(reason)
+        if proc.returncode != 0:
+            tail = _tail(paths.log)
+            raise RuntimeError(f"training exited with status {proc.returncode}:\n{tail}")
+
+    @staticmethod
+    async def _relay_progress(paths: TrainPaths, ctx: StageContext, seen: float) -> float:
+        try:
+            mtime = paths.progress.stat().st_mtime
+        except FileNotFoundError:
+            return seen
+        if mtime == seen:
+            return seen
+        with contextlib.suppress(ValueError, OSError):
+            progress = TrainingProgress.model_validate(read_json(paths.progress))
+            await ctx.runtime.store.training_progress(ctx.job_id, ctx.stage_index, progress)
+        return mtime
+
+    def finish(
+        self, paths: Any, n_shards: int, shard_stats: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        super().finish(paths, n_shards, shard_stats)
+        tp = TrainPaths(paths.root)
+        result = read_json(tp.result)
+        job_id = paths.root.parent.name
+        spec = self.options
+        registry = ModelRegistry(paths.root.parent.parent)
+        card = registry.register(
+            RegisteredModel(
+                name=spec.model_name or default_model_name(job_id),
+                path=str(tp.model.resolve()),
+                base_model=spec.base_model,
+                method=spec.method.value,
+                job_id=job_id,
+                data={
+                    "source": spec.data.model_dump(mode="json", exclude_none=True),
+                    "train": result["data"]["train"],
+                    "dev": result["data"]["dev"],
+                },
+                metrics=result["metrics"],
+                hyperparameters=result["hyperparameters"],
+            )
+        )
+        return {"model": card.model_dump(mode="json"), "finished_at": time.time()}
+
+
+async def _terminate(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM, a grace period, then SIGKILL."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), TERMINATE_GRACE_S)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
