@@ -1,4 +1,5 @@
-"""Commands: ``rationalyst eval run | select | tasks`` and ``rationalyst data pull | path``.
+"""Commands: ``rationalyst eval run | select | compare | tasks`` and
+``rationalyst data pull | path``.
 
 ``app`` (eval) and ``data_app`` (data) are mounted by the root CLI (:mod:`services.cli`).
 Heavy imports happen inside the commands, so ``--help`` stays fast.
@@ -9,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from shared.gateway_schemas import Heuristic
+
+if TYPE_CHECKING:
+    from services.worker.evaluation.compare import CompareResult
 
 app = typer.Typer(
     help="Evaluate heuristics through the gateway: accuracy per task, step selection.",
@@ -234,6 +238,163 @@ def select(
         raise typer.Exit(2) from exc
     _print_cells("Step selection (top-1)", result.cells, selection=True)
     typer.echo(f"report:  {result.report_path}")
+    if result.errors:
+        typer.secho(f"{result.errors} requests failed; run again to retry them", fg="yellow")
+        raise typer.Exit(1)
+
+
+def _print_comparison(result: CompareResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def acc(x: float | None, low: float, high: float) -> str:
+        return "–" if x is None else f"{100 * x:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
+
+    table = Table(title="Step selection (top-1), same items; 95% intervals")
+    for col in ("Task", "n", "Base", "Trained", "Δ trained−base", "+/−", "McNemar p"):
+        table.add_column(col)
+    cells = [*result.tasks, result.overall] if len(result.tasks) > 1 else result.tasks
+    for c in cells:
+        d = c.difference
+        delta = f"{100 * (d.diff or 0):+.1f} [{100 * d.ci_low:+.1f}, {100 * d.ci_high:+.1f}]"
+        table.add_row(
+            "all" if c is result.overall else c.task, str(c.n),
+            acc(c.base_accuracy, c.base_ci_low, c.base_ci_high),
+            acc(c.trained_accuracy, c.trained_ci_low, c.trained_ci_high),
+            "–" if d.diff is None else delta, f"{d.trained_only}/{d.base_only}",
+            f"{d.p_value:.3g}",
+        )  # fmt: skip
+    console = Console()
+    console.print(table)
+    console.print(
+        "Base/Trained: Wilson intervals. Δ: "
+        f"{result.overall.difference.method}. +/−: items only trained / only base got right.",
+        markup=False,
+    )
+    if result.overall.unpaired:
+        console.print(
+            f"{result.overall.unpaired} item(s) left out (failed or fell back in a run).",
+            style="yellow",
+        )
+
+
+COMPARE_HELP = (
+    "Trained vs base rationalyst on the same step-selection items: both accuracies and the "
+    "paired difference trained - base with a 95% interval.\n\n"
+    "Starts a scorer and an agent on the base model, one rationalyst service per model and one "
+    "gateway per rationalyst on free loopback ports, runs both selections and stops them all. "
+    "The started services inherit the environment (e.g. MODEL_SERVER_THREADS=1); their logs "
+    "go to OUT/logs."
+)
+
+
+@app.command("compare", help=COMPARE_HELP)
+def compare(
+    trained: Annotated[
+        str,
+        typer.Option(
+            help="The trained rationalyst: a model folder, a models-cache name or a name "
+            "registered in the model registry."
+        ),
+    ],
+    tasks: TasksOpt,
+    out: OutOpt,
+    base: Annotated[
+        str,
+        typer.Option(help="Base model: rationalyst of the baseline run, agent and scorer."),
+    ] = "smollm2-135m-instruct",
+    n: Annotated[int, typer.Option(help="Items per task.")] = 50,
+    k: Annotated[int, typer.Option(help="Candidates per item, the gold one included.")] = 4,
+    seed: Annotated[int, typer.Option(help="Picks items and corruptions; bootstrap seed.")] = 0,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight per run.")] = 4,
+    artifacts_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Artifacts root of the model registry [default: ~/.cache/rationalyst/artifacts]."
+        ),
+    ] = None,
+    scorer_url: Annotated[
+        str | None, typer.Option(help="Use this running scorer service instead of starting one.")
+    ] = None,
+    agent_url: Annotated[
+        str | None, typer.Option(help="Use this running agent service instead of starting one.")
+    ] = None,
+    engine: Annotated[
+        str | None, typer.Option(help="Engine of the started model services.")
+    ] = None,
+    few_shot: Annotated[str, typer.Option(help="task, default (gateway's) or none.")] = "task",
+    shots: Annotated[int, typer.Option(help="Demos in the scorer's context.")] = 3,
+    ready_timeout: Annotated[
+        float, typer.Option(help="Seconds the started processes may take to be ready.")
+    ] = 600.0,
+    timeout: Annotated[float, typer.Option(help="Client timeout per request (s).")] = 900.0,
+) -> None:
+    """Trained vs base rationalyst on the same step-selection items (see COMPARE_HELP)."""
+    import signal
+    import threading
+    from types import FrameType
+
+    from pydantic import ValidationError
+    from rich.console import Console
+
+    from gateway.ensemble import EnsembleError
+    from services.worker.evaluation.compare import CompareInputError, run_compare
+    from services.worker.evaluation.spec import CompareSpec
+    from shared.errors import ServiceError
+    from shared.tasks import DataMissingError, UnknownTaskError
+
+    _logging()
+    try:
+        spec = CompareSpec(
+            trained=trained, base=base, tasks=_split(tasks), n=n, k=k, seed=seed,
+            concurrency=concurrency, few_shot=few_shot, shots=shots, out_dir=out,
+            artifacts_dir=artifacts_dir, scorer_url=scorer_url, agent_url=agent_url,
+            engine=engine, ready_timeout_s=ready_timeout, request_timeout_s=timeout,
+        )  # fmt: skip
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    console = Console(stderr=True)
+
+    def on_stop_signal(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt  # unwinds through run_compare, which stops its processes
+
+    # SIGTERM (e.g. `kill`, a CI timeout) must stop the started processes too: they run in
+    # their own sessions, so nothing else would. Ctrl-C raises KeyboardInterrupt already.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_stop_signal) if main_thread else None
+    try:
+        with console.status("starting processes...") as status:
+
+            def on_status(states: dict[str, str]) -> None:
+                ready = sum(s == "ready" for s in states.values())
+                waiting = ", ".join(name for name, s in states.items() if s != "ready")
+                text = f"processes ready {ready}/{len(states)}"
+                status.update(text + (f"; waiting for {waiting}" if waiting else ""))
+
+            def progress(run: str) -> RichProgress:
+                status.stop()  # the progress bars take over the terminal
+                return RichProgress(f"select ({run})")
+
+            result = run_compare(spec, progress=progress, on_status=on_status)
+    except (CompareInputError, DataMissingError, UnknownTaskError, ValueError) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    except EnsembleError as exc:
+        typer.secho(f"error: a process failed to start: {exc}", fg="red", err=True)
+        typer.echo(f"logs: {out / 'logs'}", err=True)
+        raise typer.Exit(1) from exc
+    except ServiceError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        typer.secho("interrupted; processes stopped (run again to resume)", fg="yellow", err=True)
+        raise typer.Exit(130) from None
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    _print_comparison(result)
+    typer.echo(f"report:  {result.report_path}")
+    typer.echo(f"results: {result.json_path} (runs in {out / 'base'} and {out / 'trained'})")
     if result.errors:
         typer.secho(f"{result.errors} requests failed; run again to retry them", fg="yellow")
         raise typer.Exit(1)

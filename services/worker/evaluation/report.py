@@ -1,13 +1,13 @@
-"""Markdown reports of an accuracy run and of a step-selection run."""
+"""Markdown reports of an accuracy run, a step-selection run and a base-vs-trained comparison."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from services.worker.evaluation.spec import EvalSpec, SelectionSpec
-from services.worker.evaluation.stats import CellStats, SelectionCellStats
+from services.worker.evaluation.spec import CompareSpec, EvalSpec, SelectionSpec
+from services.worker.evaluation.stats import CellStats, CompareCellStats, SelectionCellStats
 
 BASELINES = ("greedy", "random")
 """Heuristics other rows are compared with, the first present one."""
@@ -275,6 +275,113 @@ def selection_report(
         "- **Chosen** counts which candidate kind was picked: `gold`, `number`, `swap`, "
         "`reorder` or `other`.",
         "- Per-item records with scores and rationales are in `results.jsonl`.",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def _points(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:+.1f}"
+
+
+def compare_verdict(cell: CompareCellStats) -> str:
+    """One sentence on trained - base for a cell."""
+    d = cell.difference
+    if d.diff is None:
+        return "no item was answered by both runs"
+    ci = f"95% CI [{_points(d.ci_low)}, {_points(d.ci_high)}] points"
+    counts = (
+        f"trained alone right on {d.trained_only} item(s), base alone on {d.base_only}; "
+        f"exact McNemar p = {d.p_value:.3g}"
+    )
+    if d.ci_low > 0:
+        verdict = "the trained rationalyst is better"
+    elif d.ci_high < 0:
+        verdict = "the trained rationalyst is worse"
+    else:
+        verdict = "no significant difference"
+    return f"{_points(d.diff)} points, {ci}: {verdict} ({counts})"
+
+
+def compare_report(
+    spec: CompareSpec,
+    cells: Sequence[CompareCellStats],
+    overall: CompareCellStats,
+    *,
+    models: Mapping[str, str],
+    services: Mapping[str, str],
+    generated_at: dt.datetime,
+) -> str:
+    """The Markdown report of a comparison (``rationalyst eval compare``)."""
+    parts = [
+        "# Rationalyst comparison: trained vs base",
+        "",
+        _generated(generated_at, None),
+        "",
+        "The same step-selection items (a gold next step hidden among "
+        f"{spec.k - 1} corrupted ones; heuristic `rationalyst`: the rationalyst writes a "
+        "rationale, the scorer ranks the candidates given it) were run twice, once with each "
+        "model as the rationalyst. Agent and scorer are the same in both runs.",
+        "",
+        _settings(
+            [
+                ("Base rationalyst", models["base"]),
+                ("Trained rationalyst", models["trained"]),
+                ("Scorer", services["scorer"]),
+                ("Agent", services["agent"]),
+                ("Tasks", ", ".join(spec.tasks)),
+                ("Items per task", f"{spec.n} (seed {spec.seed})"),
+                ("Candidates per item", f"{spec.k} (chance {100 / spec.k:.1f}%)"),
+                ("Few-shot demos", spec.few_shot),
+                ("Difference interval", overall.difference.method),
+            ]
+        ),
+        "",
+        "## Top-1 accuracy on the paired items",
+        "",
+    ]
+    shown = [*cells, overall] if len(cells) > 1 else list(cells)
+    rows = []
+    for c in shown:
+        d = c.difference
+        rows.append(
+            [
+                "**all**" if c is overall else c.task, str(c.n),
+                _pct(c.base_accuracy), _ci(c.base_ci_low, c.base_ci_high, c.n),
+                _pct(c.trained_accuracy), _ci(c.trained_ci_low, c.trained_ci_high, c.n),
+                _points(d.diff), "–" if d.diff is None else f"[{_points(d.ci_low)}, "
+                f"{_points(d.ci_high)}]", f"{d.trained_only} / {d.base_only}",
+                f"{d.p_value:.3g}", str(c.unpaired),
+            ]
+        )  # fmt: skip
+    header = [
+        "Task", "n", "Base", "95% CI", "Trained", "95% CI", "Δ (points)", "Δ 95% CI",
+        "Trained-only / base-only", "McNemar p", "Unpaired",
+    ]  # fmt: skip
+    parts += [_table(header, rows), "", "## Findings", ""]
+    parts += [
+        f"- **{'all tasks' if c is overall else c.task}**: {compare_verdict(c)}." for c in shown
+    ]
+    if overall.unpaired:
+        parts.append(
+            f"- {overall.unpaired} item(s) are left out: a run failed on them or fell back to "
+            "another heuristic. Run the same command again to retry failed requests."
+        )
+    parts += [
+        "",
+        "## How to read this report",
+        "",
+        "- **Base** / **Trained**: share of items whose gold step the run ranked first, on the "
+        "items both runs answered with the `rationalyst` heuristic, with 95% Wilson intervals.",
+        "- **Δ** = trained − base in percentage points. The items are paired (same item, two "
+        "models), so its interval is a paired bootstrap over items: the per-item differences "
+        "are resampled, which is usually narrower than comparing the two Wilson intervals. "
+        "With few items, or when every item agrees, the bootstrap interval can be narrow or "
+        "of zero width; the exact McNemar p-value, computed from the items only one model got "
+        "right, is the sturdier test then.",
+        "- Each run's own report, per-item records (scores, rationales) and summary are in "
+        "`base/` and `trained/`; the started processes' logs in `logs/`; these numbers in "
+        "`compare.json`.",
         "",
     ]
     return "\n".join(parts)

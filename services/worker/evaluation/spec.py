@@ -96,3 +96,60 @@ class SelectionSpec(_Common):
 
     def result_fields(self) -> dict[str, object]:
         return self.model_dump(mode="json", include={"k", "few_shot", "shots"})
+
+
+class CompareSpec(BaseModel):
+    """A base-vs-trained comparison: the same step-selection items (heuristic ``rationalyst``)
+    run twice, once with each model as the rationalyst; agent and scorer are the base model.
+
+    ``base`` and ``trained`` are model folders, names in the models cache, or names in the
+    model registry under ``artifacts_dir``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    trained: str = Field(min_length=1, description="The trained rationalyst.")
+    base: str = Field(
+        default="smollm2-135m-instruct",
+        min_length=1,
+        description="The base model: rationalyst of the baseline run, agent and scorer.",
+    )
+    tasks: list[str] = Field(min_length=1, description="Task names (or jsonl:<path>).")
+    n: int = Field(default=50, ge=1, description="Items per task.")
+    k: int = Field(default=4, ge=2, le=16, description="Candidates per item (gold included).")
+    seed: int = Field(default=0, description="Picks items and corruptions; seeds the bootstrap.")
+    concurrency: int = Field(default=4, ge=1, le=64, description="Requests in flight.")
+    few_shot: FewShotMode = Field(default="task", description="Demos in the scorer's context.")
+    shots: int = Field(default=3, ge=0, le=8, description="Demos per request (few_shot=task).")
+    out_dir: Path = Field(description="compare.json, compare.md, base/, trained/, logs/.")
+    artifacts_dir: Path | None = Field(
+        default=None, description="Artifacts root holding the model registry (default cache)."
+    )
+    scorer_url: str | None = Field(
+        default=None, description="A running scorer service to use instead of starting one."
+    )
+    agent_url: str | None = Field(
+        default=None, description="A running agent service to use instead of starting one."
+    )
+    engine: str | None = Field(default=None, description="Engine of the started model services.")
+    ready_timeout_s: float = Field(
+        default=600.0, gt=0, description="How long the started processes may take to be ready."
+    )
+    request_timeout_s: float = Field(default=900.0, gt=0, description="Client timeout.")
+    resamples: int = Field(
+        default=10_000, ge=100, le=1_000_000, description="Bootstrap resamples of the difference."
+    )
+
+    @field_validator("tasks")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("names must be distinct")
+        return v
+
+    @field_validator("scorer_url", "agent_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {v!r}")
+        return v.rstrip("/") if v else v

@@ -1,8 +1,10 @@
-"""Accuracy with a Wilson score interval, and the per-cell summaries of a run."""
+"""Accuracy with a Wilson score interval, the per-cell summaries of a run, and the paired
+difference of two models on the same items (a paired bootstrap)."""
 
 from __future__ import annotations
 
 import math
+import random
 import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -155,3 +157,150 @@ def selection_cells(
                 )
             )
     return cells
+
+
+# --------------------------------------------------------------------------------------------
+# Two models on the same items (``rationalyst eval compare``)
+
+BOOTSTRAP_RESAMPLES = 10_000
+
+
+class PairedDifference(BaseModel):
+    """Accuracy of ``trained`` minus accuracy of ``base`` on the same ``n`` items."""
+
+    n: int
+    diff: float | None
+    """Mean of (trained correct - base correct) over the items; None when n = 0."""
+    ci_low: float
+    ci_high: float
+    confidence: float
+    trained_only: int
+    """Items only the trained model got right."""
+    base_only: int
+    """Items only the base model got right."""
+    p_value: float
+    """Exact two-sided McNemar (sign) test on the discordant items; 1.0 when there are none."""
+    method: str
+    resamples: int
+    seed: int
+
+
+def paired_difference(
+    base: Sequence[bool],
+    trained: Sequence[bool],
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> PairedDifference:
+    """trained - base accuracy on paired items, with a PAIRED BOOTSTRAP percentile interval.
+
+    ``base[i]`` and ``trained[i]`` say whether each model got item i right. The per-item
+    differences d_i = trained_i - base_i (each -1, 0 or +1) are resampled with replacement
+    ``resamples`` times (items, not models, are resampled, so the pairing is kept); the
+    interval is the (1 - confidence)/2 and (1 + confidence)/2 percentiles of the resampled
+    means. ``random.Random(seed)`` draws the resamples, so the same inputs always give the
+    same interval.
+
+    The interval reflects only the variation among the items seen: when every item has the
+    same difference (identical runs, or one model right everywhere the other is wrong) it has
+    zero width. The exact McNemar p-value (``p_value``), which depends only on the counts of
+    discordant items, is the better guide with few items.
+    """
+    if len(base) != len(trained):
+        raise ValueError(f"paired runs differ in length: {len(base)} vs {len(trained)}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if resamples < 1:
+        raise ValueError(f"resamples must be positive, got {resamples}")
+    n = len(base)
+    diffs = [int(bool(t)) - int(bool(b)) for b, t in zip(base, trained, strict=True)]
+    trained_only = diffs.count(1)
+    base_only = diffs.count(-1)
+    method = f"paired bootstrap over items, percentile, {resamples} resamples, seed {seed}"
+    common = {
+        "n": n, "confidence": confidence, "trained_only": trained_only, "base_only": base_only,
+        "p_value": mcnemar_exact_p(trained_only, base_only), "method": method,
+        "resamples": resamples, "seed": seed,
+    }  # fmt: skip
+    if n == 0:
+        return PairedDifference(diff=None, ci_low=-1.0, ci_high=1.0, **common)
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(resamples))
+    alpha = (1 - confidence) / 2
+    return PairedDifference(
+        diff=sum(diffs) / n,
+        ci_low=percentile(means, alpha),
+        ci_high=percentile(means, 1 - alpha),
+        **common,
+    )
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The q-quantile (0 <= q <= 1) of sorted values, interpolating linearly between ranks."""
+    if not sorted_values:
+        raise ValueError("no values")
+    pos = q * (len(sorted_values) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def mcnemar_exact_p(b: int, c: int) -> float:
+    """Two-sided exact McNemar test: P(a split at least as uneven as b : c | b + c
+    discordant items, each side equally likely)."""
+    m = b + c
+    if m == 0:
+        return 1.0
+    tail = sum(math.comb(m, i) for i in range(min(b, c) + 1)) / 2**m
+    return min(1.0, 2 * tail)
+
+
+class CompareCellStats(BaseModel):
+    """One task (or ``all``) of a comparison: both models on the same items, and trained - base.
+
+    Accuracies are over the paired items only (answered without error or fallback by both
+    runs), with Wilson intervals; ``unpaired`` counts the items left out.
+    """
+
+    task: str
+    n: int
+    base_correct: int
+    base_accuracy: float | None
+    base_ci_low: float
+    base_ci_high: float
+    trained_correct: int
+    trained_accuracy: float | None
+    trained_ci_low: float
+    trained_ci_high: float
+    difference: PairedDifference
+    unpaired: int
+
+
+def compare_cell(
+    task: str,
+    base: Sequence[bool],
+    trained: Sequence[bool],
+    *,
+    unpaired: int = 0,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> CompareCellStats:
+    n = len(base)
+    base_correct, trained_correct = sum(map(bool, base)), sum(map(bool, trained))
+    b_low, b_high = wilson_interval(base_correct, n)
+    t_low, t_high = wilson_interval(trained_correct, n)
+    return CompareCellStats(
+        task=task,
+        n=n,
+        base_correct=base_correct,
+        base_accuracy=base_correct / n if n else None,
+        base_ci_low=b_low,
+        base_ci_high=b_high,
+        trained_correct=trained_correct,
+        trained_accuracy=trained_correct / n if n else None,
+        trained_ci_low=t_low,
+        trained_ci_high=t_high,
+        difference=paired_difference(base, trained, resamples=resamples, seed=seed),
+        unpaired=unpaired,
+    )
