@@ -198,3 +198,52 @@ def test_train_spec_errors_are_refused_or_fail_at_once(jobs: JobsEnv, tmp_path: 
     )
     status = jobs.wait(missing, timeout_s=120)
     assert status["state"] == "failed" and "none.jsonl" in status["error"]
+
+
+def test_lora_training_exports_a_merged_model(model_path: Path, tmp_path: Path) -> None:
+    """method=lora: peft adapters trained, merged on export into a plain model folder."""
+    from transformers import AutoModelForCausalLM
+
+    from services.worker.training import TrainPaths
+    from services.worker.training.run import train
+    from shared.files import write_json
+    from shared.job_schemas import TrainRationalystSpec
+
+    spec = TrainRationalystSpec.model_validate(
+        {
+            "kind": "train_rationalyst",
+            "data": {"train": [str(RATIONALES)], "dev_fraction": 0.1},
+            "method": "lora",
+            "limit": 24,
+            "max_steps": 2,
+            "batch_size": 4,
+            "max_length": 128,
+            "learning_rate": 1e-3,
+        }
+    )
+    paths = TrainPaths(tmp_path / "train")
+    paths.root.mkdir()
+    write_json(
+        paths.request,
+        {
+            "spec": spec.model_dump(mode="json"),
+            "train_files": [str(RATIONALES)],
+            "dev_files": [],
+            "base_model_path": str(model_path),
+        },
+    )
+    assert train(paths) == 0
+    result = json.loads(paths.result.read_text())
+    assert result["metrics"]["steps"] == 2
+    assert result["data"]["dev_held_out_from_train"] is True
+    assert not list(paths.model.glob("adapter_*"))  # merged, not an adapter folder
+    merged = AutoModelForCausalLM.from_pretrained(paths.model)
+    base = AutoModelForCausalLM.from_pretrained(model_path)
+    assert not any("lora" in name for name in merged.state_dict())
+    changed = [
+        name
+        for name, tensor in merged.state_dict().items()
+        if not (tensor == base.state_dict()[name]).all()
+    ]
+    assert changed  # the adapters' update is in the weights
+    assert train(paths) == 0  # a finished run is not redone
