@@ -32,13 +32,18 @@ from services.worker.runner import JobRunner
 from services.worker.runtime import WorkerRuntime
 from services.worker.settings import WorkerSettings
 from services.worker.stages.base import JobStopped
-from shared.errors import InvalidRequest, NotFound
+from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.job_schemas import JOB_ID_PATTERN
 from shared.jobs_store import FINISH_TASK, PLAN_TASK, SHARD_TASK, TRAIN_TASK, JobStore, connect
 
 logger = logging.getLogger(__name__)
 
-PERMANENT_ERRORS: tuple[type[Exception], ...] = (InputError, EmbeddingModelError, InvalidRequest)
+PERMANENT_ERRORS: tuple[type[Exception], ...] = (
+    InputError,
+    EmbeddingModelError,
+    InvalidRequest,
+    Conflict,  # a trained model's name was registered by another job meanwhile
+)
 """Retrying cannot help: the job fails at once with the reason."""
 
 

@@ -23,6 +23,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from services.worker.inputs import InputError, RawRecord
 from services.worker.stages.base import ShardResult, Stage, StageContext
 from services.worker.training import EXIT_NO_DATA, TrainPaths
@@ -152,10 +154,16 @@ class TrainStage(Stage):
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(proc.wait(), POLL_S)
-                seen = await self._relay_progress(paths, ctx, seen)
                 if proc.returncode is not None:
                     break
-                await ctx.check_active()  # a cancel stops the child below
+                try:
+                    seen = await self._relay_progress(paths, ctx, seen)
+                    await ctx.check_active()  # a cancel stops the child below
+                except (RedisError, OSError) as exc:  # a Redis blip must not stop training
+                    logger.warning(
+                        "job %s: cannot reach Redis (%s); training goes on", ctx.job_id, exc
+                    )
+            await self._relay_progress(paths, ctx, seen)
         finally:
             if proc.returncode is None:
                 await _terminate(proc)
