@@ -326,7 +326,9 @@ class TrainRationalystSpec(Strict):
         default="auto", description="auto = cuda when a GPU is visible, else cpu."
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        default="auto", description="Training precision (auto: bf16 on GPUs that have it)."
+        default="auto",
+        description="Training precision. auto: bf16 on GPUs and on CPUs with native bf16 "
+        "(there as mixed precision over float32 weights), else float32.",
     )
     gradient_checkpointing: bool = Field(default=False, description="Less memory, more time.")
 

@@ -58,17 +58,21 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
     return best[1] if best else None
 
 
-def _dtype_and_device(spec: TrainRationalystSpec) -> tuple[Any, str]:
+def _precision(spec: TrainRationalystSpec) -> tuple[str, Any, bool]:
+    """The device, the dtype the weights load in, and whether the math runs in bf16.
+
+    ``auto`` follows the model service's rule (bf16 on GPUs and on CPUs with native bf16).
+    On a CPU the weights stay float32 and bf16 is autocast math (mixed precision); on a GPU
+    they load in the dtype itself."""
     import torch
 
-    device = spec.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec.dtype != "auto":
-        return getattr(torch, spec.dtype), device
-    if device == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16, device
-    return torch.float32, device
+    from services.model_server.engines.device import pick_device, pick_dtype
+
+    device = pick_device(spec.device)
+    dtype = pick_dtype(spec.dtype, device)
+    bf16 = dtype == "bfloat16"
+    weights = torch.float32 if device == "cpu" else getattr(torch, dtype)
+    return device, weights, bf16
 
 
 def _progress_callback(paths: TrainPaths, resumed_from: int | None, parent: int) -> Any:
@@ -175,7 +179,7 @@ def train(paths: TrainPaths) -> int:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    dtype, device = _dtype_and_device(spec)
+    device, dtype, bf16 = _precision(spec)
     torch.manual_seed(spec.seed)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
     peft_config = None
@@ -215,7 +219,7 @@ def train(paths: TrainPaths) -> int:
         seed=spec.seed,
         data_seed=spec.seed,
         use_cpu=device == "cpu",
-        bf16=dtype == torch.bfloat16 and device == "cuda",
+        bf16=bf16,
         fp16=dtype == torch.float16,
         gradient_checkpointing=spec.gradient_checkpointing,
         max_length=int(hp["max_length"]),
@@ -261,7 +265,7 @@ def train(paths: TrainPaths) -> int:
             "hyperparameters": hp,
             "resumed_from_step": resumed_from,
             "device": device,
-            "dtype": str(dtype).removeprefix("torch."),
+            "dtype": "bfloat16" if bf16 else str(dtype).removeprefix("torch."),
             "data": report,
             "finished_at": time.time(),
         },
