@@ -54,6 +54,7 @@ def serve(
 ) -> None:
     """Run the gateway only; options override GATEWAY_* variables."""
     from gateway.settings import GatewaySettings
+    from shared.settings import load_settings
 
     given: dict[str, Any] = {
         "host": host,
@@ -63,7 +64,7 @@ def serve(
         "scorer_url": scorer_url,
         "log_level": log_level,
     }
-    run_server(GatewaySettings(**{k: v for k, v in given.items() if v is not None}))
+    run_server(load_settings(GatewaySettings, **{k: v for k, v in given.items() if v is not None}))
 
 
 class _Terminated(Exception):
@@ -117,10 +118,16 @@ def up(
         port_in_use,
         start_process,
         stop_processes,
+        thread_envs,
         wait_ready,
     )
 
     console = Console()
+    try:
+        threads = thread_envs(ROLES)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]", markup=False)
+        raise typer.Exit(2) from exc
     ports = {"rationalyst": rationalyst_port, "agent": agent_port, "scorer": scorer_port}
     ports["gateway"] = port
     busy = [f"{name} ({p})" for name, p in ports.items() if port_in_use(p, host)]
@@ -158,7 +165,8 @@ def up(
             cmd = model_service_command(
                 role, ports[role], host=host, model=models[role], engine=engine
             )
-            procs.append(start_process(role, cmd, urls[role], log_dir=log_path, env=env))
+            role_env = {**env, **threads[role]}
+            procs.append(start_process(role, cmd, urls[role], log_dir=log_path, env=role_env))
         gateway_cmd = gateway_command(port, urls, host=host)
         procs.append(
             start_process("gateway", gateway_cmd, urls["gateway"], log_dir=log_path, env=env)
@@ -171,7 +179,10 @@ def up(
             f"[green]all ready[/green] in {time.monotonic() - started:.0f}s; logs in {log_path}"
         )
         for name in ("gateway", *ROLES):
-            console.print(f"  {name:<12} {urls[name]}")
+            where = f"  {name:<12} {urls[name]}"
+            if name in threads:
+                where += f"  ({threads[name]['MODEL_SERVER_THREADS']} threads)"
+            console.print(where)
         console.print("\nTry:")
         console.print(
             f"  curl -s {urls['gateway']}/v1/reason -H 'Content-Type: application/json' \\\n"

@@ -30,6 +30,15 @@ DEFAULT_PORTS: dict[str, int] = {
 }
 
 
+THREADS_VAR = "MODEL_SERVER_THREADS"
+"""Set by the user, it overrides the launcher's thread budget for every model service."""
+
+# Libraries that size their own thread pools from these at import time. The model service
+# sets torch's pools from MODEL_SERVER_THREADS; these keep OpenMP/MKL/OpenBLAS code outside
+# torch (and torch's own first pool, created before the service runs) inside the same budget.
+_POOL_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
 class EnsembleError(RuntimeError):
     """A process exited or did not become ready in time; the message holds its log tail."""
 
@@ -57,6 +66,69 @@ class ServiceProcess:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+def available_cores() -> list[int]:
+    """The CPU ids this process may run on (its affinity mask, which a container's cpuset
+    or ``taskset`` narrows), in order."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def thread_budget(services: int, cores: int) -> int:
+    """Compute threads per model service when ``services`` of them share ``cores`` CPUs:
+    an equal share, at least one. Several torch processes that each take every core thrash
+    (each waits on the others' threads); a share each keeps the cores busy without it."""
+    if services < 1 or cores < 1:
+        raise ValueError("services and cores must be >= 1")
+    return max(1, cores // services)
+
+
+def parse_threads(value: str | None) -> int | None:
+    """MODEL_SERVER_THREADS as the user set it: None when unset or empty, else a positive
+    integer; anything else is a ValueError that names the variable."""
+    if value is None or not value.strip():
+        return None
+    try:
+        threads = int(value)
+    except ValueError:
+        raise ValueError(f"{THREADS_VAR} must be a positive integer, got {value!r}") from None
+    if threads < 1:
+        raise ValueError(f"{THREADS_VAR} must be >= 1, got {threads}")
+    return threads
+
+
+def thread_envs(
+    names: Sequence[str],
+    *,
+    cores: Sequence[int] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, dict[str, str]]:
+    """The thread settings of each co-located model service, by name.
+
+    Each gets ``MODEL_SERVER_THREADS`` (the user's value where set, else
+    :func:`thread_budget` over ``cores``), the OpenMP/MKL/OpenBLAS pool sizes to match,
+    ``TOKENIZERS_PARALLELISM=false`` (the fast tokenizer's own pool would compete too) and, for
+    the vLLM CPU engine, ``VLLM_CPU_OMP_THREADS_BIND``: its own run of cores, so that the
+    services' OpenMP threads are pinned apart rather than all to the same cores. Values the
+    user already set in ``environ`` win.
+    """
+    environ = os.environ if environ is None else environ
+    cores = list(cores) if cores is not None else available_cores()
+    given = parse_threads(environ.get(THREADS_VAR))
+    threads = given or thread_budget(len(names), len(cores))
+    out: dict[str, dict[str, str]] = {}
+    for i, name in enumerate(names):
+        env = dict.fromkeys(_POOL_VARS, str(threads))
+        env[THREADS_VAR] = str(threads)
+        env["TOKENIZERS_PARALLELISM"] = "false"
+        first = i * threads
+        own = [cores[(first + k) % len(cores)] for k in range(threads)]
+        env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in sorted(set(own)))
+        out[name] = {k: environ.get(k) or v for k, v in env.items()}
+    return out
 
 
 def free_port(host: str = "127.0.0.1") -> int:

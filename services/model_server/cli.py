@@ -51,8 +51,10 @@ def serve_model(
         "role": role, "model": model, "engine": engine, "host": host, "port": port,
         "dtype": dtype, "remote_url": remote_url,
     }  # fmt: skip
+    from shared.settings import load_settings
+
     overrides = {k: v for k, v in given.items() if v is not None}
-    serve(ModelServerSettings(**overrides))
+    serve(load_settings(ModelServerSettings, **overrides))
 
 
 @models_app.command("pull")

@@ -44,13 +44,14 @@ def worker(
     """Start one worker process; options override WORKER_* variables."""
     from services.worker.settings import WorkerSettings
     from services.worker.tasks import run_worker
+    from shared.settings import load_settings
 
     given: dict[str, Any] = {
         "redis_url": redis_url, "artifacts_dir": artifacts_dir, "agent_url": agent_url,
         "scorer_url": scorer_url, "concurrency": concurrency, "shard_size": shard_size,
         "log_level": log_level,
     }  # fmt: skip
-    run_worker(WorkerSettings(**{k: v for k, v in given.items() if v is not None}))
+    run_worker(load_settings(WorkerSettings, **{k: v for k, v in given.items() if v is not None}))
 
 
 # --------------------------------------------------------------------------------------------
