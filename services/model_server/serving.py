@@ -135,6 +135,8 @@ class ServedModel:
             "model_path": slot.location,
             "engine": slot.engine.kind,
             "max_model_len": slot.engine.max_model_len,
+            # CPU threads of the engine (None: the library's default, or not applicable)
+            "threads": getattr(slot.engine, "threads", None),
             "switching_to": self._loading,
         }
 
@@ -198,8 +200,9 @@ class ServedModel:
         try:
             if engine is None:
                 engine = self._factory(settings)
-            if hasattr(engine, "on_batch"):  # an optional hook of the engines
-                setattr(engine, "on_batch", self.metrics.on_batch)  # noqa: B010
+            for hook in ("on_batch", "on_prefix", "on_work"):  # optional hooks of the engines
+                if hasattr(engine, hook):
+                    setattr(engine, hook, getattr(self.metrics, hook))
             await engine.start()
         except BaseException as exc:
             if engine is not None:

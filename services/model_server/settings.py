@@ -62,6 +62,20 @@ class ModelServerSettings(CommonSettings):
     batch_wait_ms: float = Field(
         default=5.0, ge=0.0, description="transformers: how long a batch waits for company."
     )
+    attention: str = Field(
+        default="auto",
+        description="transformers: attention implementation. auto: `grouped_decode` on CPUs "
+        "(one-token decode steps read each KV head once; several-token passes use sdpa), the "
+        "library's default on GPUs; or any transformers name (sdpa, eager, flash_attention_2).",
+    )
+    prefix_cache_tokens: int = Field(
+        default=16384,
+        ge=0,
+        description="transformers: prompt tokens whose KV cache is kept between requests, so "
+        "a prompt computes only what follows its longest cached prefix (shared few-shot demos, "
+        "the previous step's prompt). About 23 KB per token on the embedded model in bf16; "
+        "0 turns it off.",
+    )
     max_n: int = Field(default=16, ge=1, description="Largest n for propose and completions.")
     max_continuations: int = Field(
         default=64, ge=1, description="Most continuations in one /v1/score request."
@@ -73,7 +87,11 @@ class ModelServerSettings(CommonSettings):
         default=300.0, gt=0, description="A request still running after this answers 504."
     )
     threads: int | None = Field(
-        default=None, ge=1, description="torch CPU threads (default: torch's choice)."
+        default=None,
+        ge=1,
+        description="CPU threads of the engine (torch's pools; vLLM's OpenMP threads). Default: "
+        "the cores the process may use, capped by its container's CPU limit; `rationalyst up` "
+        "gives each of its model services an equal share of the cores instead.",
     )
     # vLLM
     vllm_gpu_memory_utilization: float = Field(

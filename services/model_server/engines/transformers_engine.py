@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 import torch
 from transformers.cache_utils import DynamicLayer
 
+from services.model_server.engines.attention import GROUPED_DECODE, attention_kwargs
 from services.model_server.engines.base import (
     Completion,
     FinishReason,
@@ -54,7 +55,9 @@ from services.model_server.engines.base import (
     common_prefix_len,
     prepare,
 )
-from services.model_server.engines.device import pick_device, pick_dtype
+from services.model_server.engines.device import default_threads, pick_device, pick_dtype
+from services.model_server.engines.prefix_cache import MISS, PrefixCache
+from services.model_server.engines.prefix_cache import rows as prefix_rows
 from services.model_server.settings import ModelServerSettings
 from shared.errors import EngineError, InvalidRequest, ServiceError
 
@@ -127,7 +130,14 @@ class TransformersEngine:
     ``on_batch(kind, rows)`` with kind ``"generate"`` each time rows join the decoding batch
     (``rows`` = the batch size after they joined) and ``"score"`` per scoring forward pass
     (``rows`` = texts in it); ``on_tokens(kind, n)`` with ``"prompt"`` (prompt tokens of a
-    generate call, distinct tokens of a score job) and ``"completion"`` (tokens sampled).
+    generate call, distinct tokens of a score job) and ``"completion"`` (tokens sampled);
+    ``on_work("decode", n)`` after each decode step (``n`` rows stepped); ``on_prefix(op, n)``
+    with the prompt tokens a prefill or score pass took from the prefix cache.
+
+    Cancellation: a caller that stops awaiting :meth:`generate` (its task cancelled, e.g. its
+    HTTP client went away) cancels the request's future; its rows are dropped before the
+    next decode step and rows still waiting are never admitted. A cancelled :meth:`score`
+    job that has not started is never run.
     """
 
     kind = "transformers"
@@ -140,6 +150,10 @@ class TransformersEngine:
         self.tokenizer: Any = None
         self.on_batch: Callable[[str, int], None] | None = None
         self.on_tokens: Callable[[str, int], None] | None = None
+        self.on_prefix: Callable[[str, int], None] | None = None
+        self.on_work: Callable[[str, int], None] | None = None
+        self.threads: int | None = None
+        self._prefix = PrefixCache(settings.prefix_cache_tokens)
         self._model: Any = None
         self._device = "cpu"
         self._dtype = torch.float32
@@ -148,6 +162,7 @@ class TransformersEngine:
         self._vocab_size = 0
         self._keeps_logits = False
         self._packable = False
+        self._mergeable = False
         self._executor: ThreadPoolExecutor | None = None
         self._scheduler: asyncio.Task[None] | None = None
         self._pending: deque[_Row] = deque()
@@ -181,14 +196,17 @@ class TransformersEngine:
         where the model runs)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if self.settings.threads:
-            torch.set_num_threads(self.settings.threads)
+        self.threads = configure_threads(self.settings.threads or default_threads())
         self._device = pick_device(self.settings.device)
         dtype_name = pick_dtype(self.settings.dtype, self._device)
         self._dtype = getattr(torch, dtype_name)
         tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         tokenizer.padding_side = "left"  # the engine pads by hand; left suits generation
-        model: Any = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self._dtype)
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            self.model_path,
+            dtype=self._dtype,
+            **attention_kwargs(self.settings.attention, self._device),
+        )
         model.to(self._device)
         model.eval()
 
@@ -213,7 +231,8 @@ class TransformersEngine:
         self._pad_id = int(pad if pad is not None else min(eos, default=0))
         self._vocab_size = int(model.get_input_embeddings().num_embeddings)
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
-        self._packable = _takes_custom_masks(model)
+        self._mergeable = _full_attention(model)
+        self._packable = self._mergeable and _takes_custom_masks(model)
         self.tokenizer = tokenizer
         self._model = model
         logger.info(
@@ -241,6 +260,7 @@ class TransformersEngine:
             await asyncio.to_thread(self._executor.shutdown, wait=True)
             self._executor = None
         self._model = None
+        self._prefix.clear()
         if self._device.startswith("cuda"):
             torch.cuda.empty_cache()
 
@@ -387,12 +407,15 @@ class TransformersEngine:
                         admitted = self._take(self.settings.max_batch_size - size)
                     if admitted:
                         batch, finished = await self._run(self._admit, batch, admitted)
+                        self._hook(self.on_work, "decode", len(admitted))  # first tokens
                         admitted = []
                         self._deliver(finished)
                         self._hook(self.on_batch, "generate", len(batch.rows) if batch else 0)
                     if batch is not None:
                         drop = [i for i, r in enumerate(batch.rows) if r.req.future.done()]
+                        stepping = len(batch.rows) - len(drop)
                         batch, finished = await self._run(self._step, batch, drop)
+                        self._hook(self.on_work, "decode", stepping)
                         self._deliver(finished)
                 except asyncio.CancelledError:
                     raise
@@ -415,28 +438,42 @@ class TransformersEngine:
         return self._model(**kwargs)
 
     def _admit(self, batch: _Batch | None, rows: list[_Row]) -> tuple[_Batch | None, list[_Row]]:
-        """Prefill ``rows`` (each distinct prompt once), sample their first token, and merge
-        the rows that go on into ``batch``. Returns the batch and the rows that finished."""
+        """Prefill ``rows`` (each distinct prompt once, after the longest prefix the prefix
+        cache holds for it), sample their first token, and merge the rows that go on into
+        ``batch``. Returns the batch and the rows that finished.
+
+        Row i of the prefill is laid out ``[pad | cached prefix | pad | rest of prompt]``:
+        the cached prefixes are right-aligned in the past cache, the uncached parts in the new
+        tokens, and the mask and ``position_ids = cumsum(mask) - 1`` skip both paddings, so
+        every prompt sees exactly its own tokens at their own positions.
+        """
         dev = self._device
         keys: dict[tuple[int, ...], int] = {}
         index = [keys.setdefault(tuple(r.req.prompt), len(keys)) for r in rows]
         prompts = list(keys)
-        width = max(len(p) for p in prompts)
+        hits = [self._prefix.lookup(p) if self._mergeable else MISS for p in prompts]
+        past_width = max(h.length for h in hits)
+        width = max(len(p) - h.length for p, h in zip(prompts, hits, strict=True))
         ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-            mask[i, width - len(p) :] = 1
+        mask = torch.zeros((len(prompts), past_width + width), dtype=torch.long)
+        for i, (p, hit) in enumerate(zip(prompts, hits, strict=True)):
+            rest = p[hit.length :]
+            ids[i, width - len(rest) :] = torch.tensor(rest, dtype=torch.long)
+            mask[i, past_width - hit.length : past_width] = 1
+            mask[i, past_width + width - len(rest) :] = 1
         ids, mask = ids.to(dev), mask.to(dev)
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)[:, past_width:]
         out = self._forward(
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
+            past_key_values=prefix_rows(hits, past_width),
             use_cache=True,
             logits_to_keep=1,
         )
         cache = out.past_key_values
+        self._remember(prompts, cache, mask)
+        self._hook(self.on_prefix, "generate", sum(h.length for h in hits))
         logits = out.logits[:, -1, :].float()
         if index != list(range(len(prompts))):
             sel = torch.tensor(index, dtype=torch.long, device=dev)
@@ -461,6 +498,23 @@ class TransformersEngine:
         if batch is None:
             return going, finished
         return self._merge(batch, going), finished
+
+    def _remember(self, prompts: list[tuple[int, ...]], cache: Any, mask: torch.Tensor) -> None:
+        """Keep each prefilled prompt's KV (its unmasked columns) in the prefix cache."""
+        if not (self._prefix.enabled and self._mergeable):
+            return
+        for i, prompt in enumerate(prompts):
+            if len(prompt) < self._prefix.min_tokens:
+                continue
+            cols = mask[i].nonzero().squeeze(-1)
+            layers = [
+                (
+                    layer.keys[i : i + 1].index_select(2, cols),
+                    layer.values[i : i + 1].index_select(2, cols),
+                )
+                for layer in cache.layers
+            ]
+            self._prefix.store(prompt, layers)
 
     def _step(self, batch: _Batch, drop: list[int]) -> tuple[_Batch | None, list[_Row]]:
         """One decode step of the whole batch (after dropping the rows in ``drop``)."""
@@ -665,10 +719,16 @@ class TransformersEngine:
         ONE forward call; further chunks (or all chunks, when the context is long enough that
         the prefix deserves its own causal pass) reuse the prefix's KV cache."""
         boundary = p >= 1 and any(lo == p for lo, _ in spans)
+        # The prefix's leading tokens may be cached from an earlier call (at most p - 1, so
+        # that the prefix pass still yields the boundary logits).
+        hit = self._prefix.lookup(seqs[0][:p]) if p else MISS
+        self._hook(self.on_prefix, "score", hit.length)
+        remember = p >= self._prefix.min_tokens and self._prefix.enabled
         passes: list[tuple[bool, list[int]]]  # (carries the prefix, texts)
+        fresh = p - hit.length
         if p == 0:
             passes = [(False, chunk) for chunk in chunks]
-        elif chunks and p + sum(len(seqs[i]) - p for i in chunks[0]) <= _SINGLE_PASS_TOKENS:
+        elif chunks and fresh + sum(len(seqs[i]) - p for i in chunks[0]) <= _SINGLE_PASS_TOKENS:
             passes = [(True, chunks[0])] + [(False, chunk) for chunk in chunks[1:]]
         else:
             passes = [(True, [])] + [(False, chunk) for chunk in chunks]
@@ -680,24 +740,31 @@ class TransformersEngine:
             suffixes = [seqs[i][p:] for i in chunk]
             ranges = [(first[i] - 1 - p, spans[i][1] - 1 - p) for i in chunk]
             past = None
-            if not carries_prefix and prefix_cache is not None:
+            if carries_prefix and hit.length:
+                past = prefix_rows([hit], hit.length)
+            elif not carries_prefix and prefix_cache is not None:
                 past = prefix_cache if last else copy.deepcopy(prefix_cache)
             logits, cache = self._packed_pass(
-                prefix=seqs[0][:p] if carries_prefix else [],
+                prefix=seqs[0][hit.length : p] if carries_prefix else [],
                 past=past,
                 p=p,
                 suffixes=suffixes,
                 ranges=ranges,
                 boundary=carries_prefix and boundary,
-                keep_cache=carries_prefix and not last,
+                keep_cache=carries_prefix and (remember or not last),
             )
             if carries_prefix:
                 if boundary:
                     record_boundary(logits.pop(0)[0])
-                if not last:  # keep the prefix only: drop this pass's suffix tokens
-                    prefix_cache = cache
+                if cache is not None:  # keep the prefix only: drop this pass's suffix tokens
                     if suffixes:
-                        prefix_cache.crop(-sum(len(s) for s in suffixes))
+                        cache.crop(-sum(len(s) for s in suffixes))
+                    if remember:
+                        self._prefix.store(
+                            seqs[0][:p], [(layer.keys, layer.values) for layer in cache.layers]
+                        )
+                    if not last:
+                        prefix_cache = cache
             for i, part in zip(chunk, logits, strict=True):
                 record(i, part)
             if chunk:
@@ -843,13 +910,29 @@ class TransformersEngine:
         return chunks
 
 
+def configure_threads(threads: int) -> int:
+    """Size torch's CPU thread pools: ``threads`` intra-op threads and a single inter-op
+    thread (the engine runs one model call at a time, so a pool of them would only compete
+    with the intra-op threads of co-located services). Returns the intra-op threads in use."""
+    torch.set_num_threads(threads)
+    # Settable only before the first inter-op work; later calls keep the pool there is.
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(1)
+    return int(torch.get_num_threads())
+
+
 def _takes_custom_masks(model: Any) -> bool:
     """Whether scoring may pack suffixes into one row with a custom 4D additive mask: the
-    attention implementation must accept one (sdpa, eager) and every layer must attend to
-    the full context (a custom mask would override a sliding window)."""
+    attention implementation must accept one (sdpa, eager, or grouped decode, which hands
+    multi-token passes to sdpa)."""
     config = model.config.get_text_config(decoder=True)
-    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
-        return False
+    return getattr(config, "_attn_implementation", None) in ("sdpa", "eager", GROUPED_DECODE)
+
+
+def _full_attention(model: Any) -> bool:
+    """Whether every layer attends to the full context, so that caches are plain dynamic
+    layers: batches can merge, and prefix KV can be reused (a sliding window would not)."""
+    config = model.config.get_text_config(decoder=True)
     layer_types = getattr(config, "layer_types", None)
     if layer_types:
         return all(t == "full_attention" for t in layer_types)

@@ -79,6 +79,7 @@ class VllmEngine:
         self.on_tokens: Callable[[str, int], None] | None = None
         self.device = "cpu"
         self.dtype = "float32"
+        self.threads: int | None = None
         self._engine: Any = None
         self._vocab_size = 0
         self._stop_ids: frozenset[int] = frozenset()
@@ -145,6 +146,13 @@ class VllmEngine:
             # Before vLLM is imported; setdefault so that the user's environment wins.
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.settings.vllm_kv_cache_gib))
+            if self.settings.threads:
+                # vLLM pins its OpenMP threads to a core list; by default to cores of its own
+                # choosing, which co-located services would share. A launcher that gives each
+                # service its cores sets this list itself.
+                cores = sorted(os.sched_getaffinity(0))[: self.settings.threads]
+                os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, cores)))
+            self.threads = _bound_cpus(os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto"))
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -268,6 +276,11 @@ class VllmEngine:
                 TokensPrompt(prompt_token_ids=prompt_ids), params, request_id
             ):
                 final = out
+        except asyncio.CancelledError:
+            # The caller went away: free the request's sequences now, not at max_tokens.
+            with contextlib.suppress(Exception):
+                await engine.abort(request_id)
+            raise
         except ServiceError:
             raise
         except VLLMValidationError as exc:
@@ -404,6 +417,18 @@ class VllmEngine:
                 raise EngineError(f"vLLM returned no log-prob for prompt token {j}")
             values.append(float(entry[ids[j]].logprob))
         return values
+
+
+def _bound_cpus(spec: str) -> int | None:
+    """How many cores a VLLM_CPU_OMP_THREADS_BIND list (``"0,2-3"``) names; None for ``auto``
+    and ``nobind`` (vLLM's choice)."""
+    if not spec[:1].isdigit():
+        return None
+    count = 0
+    for part in spec.split("|", maxsplit=1)[0].split(","):
+        lo, _, hi = part.partition("-")
+        count += int(hi or lo) - int(lo) + 1
+    return count
 
 
 def _as_set(value: object) -> frozenset[int]:
