@@ -20,6 +20,9 @@ from shared.jobs_store import JobStore
 
 logger = logging.getLogger(__name__)
 
+SEARCH_ROUTES = frozenset({"/v1/reason", "/v1/select", "/v1/chat/completions"})
+"""Routes that run a search: a client that disconnects cancels it and its upstream calls."""
+
 
 def create_app(
     settings: GatewaySettings,
@@ -39,7 +42,11 @@ def create_app(
             settings=settings,
             upstreams=upstreams,
             metrics=metrics,
-            limiter=Limiter(settings.max_concurrent_requests, settings.queue_timeout_s),
+            limiter=Limiter(
+                settings.max_concurrent_requests,
+                settings.queue_timeout_s,
+                settings.max_queued_requests,
+            ),
         )
         logger.info(
             "gateway up: rationalyst=%s agent=%s scorer=%s auth=%s",
@@ -62,7 +69,12 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    install_middleware(app, metrics.http, token_list=settings.api_key_values())
+    install_middleware(
+        app,
+        metrics.http,
+        token_list=settings.api_key_values(),
+        cancel_paths=SEARCH_ROUTES.__contains__,
+    )
     app.include_router(router)
     app.include_router(create_jobs_router(settings, store=job_store))
     app.include_router(create_registry_router(settings))

@@ -13,15 +13,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from gateway import loop
-from gateway.openai_compat import ChunkWriter, to_chat_completion, to_reason_request
+from gateway.openai_compat import (
+    CHAT_ID_PREFIX,
+    ChunkWriter,
+    to_chat_completion,
+    to_reason_request,
+)
 from gateway.state import GatewayState
 from gateway.upstreams import SERVICES, ServiceName
 from shared.errors import InternalError, InvalidRequest, ServiceError, ServiceUnavailable
 from shared.gateway_schemas import (
+    CancelResponse,
     ChatCompletion,
     GatewayChatRequest,
     ReasonRequest,
@@ -62,20 +68,25 @@ async def readiness(state: GatewayState) -> dict[str, Any]:
     return {"status": "ready", "services": dict.fromkeys(SERVICES, "ready")}
 
 
-async def reason(state: GatewayState, req: ReasonRequest, request_id: str | None) -> ReasonResponse:
+def _reasoner(state: GatewayState, req: ReasonRequest, request_id: str | None) -> loop.Reasoner:
+    return loop.Reasoner(
+        req, state.upstreams, max_deadline_s=state.settings.max_deadline_s, request_id=request_id
+    )
+
+
+async def reason(
+    state: GatewayState, req: ReasonRequest, request_id: str | None, endpoint: str = "reason"
+) -> ReasonResponse:
     check_question(req.question, state)
     async with state.limiter.slot():
-        try:
-            response = await loop.reason(
-                req,
-                state.upstreams,
-                max_deadline_s=state.settings.max_deadline_s,
-                request_id=request_id,
-            )
-        except ServiceError as exc:
-            state.metrics.observe_error("reason", exc)
-            raise
-    state.metrics.observe_reason(response)
+        reasoner = _reasoner(state, req, request_id)
+        with state.searches.register(request_id, reasoner):
+            try:
+                response = await loop.run_to_end(reasoner)
+            except ServiceError as exc:
+                state.metrics.observe_error(endpoint, exc)
+                raise
+    state.metrics.observe_reason(response, endpoint)
     _log_payload(state, response)
     return response
 
@@ -104,7 +115,7 @@ async def chat_completion(
     state: GatewayState, chat: GatewayChatRequest, request_id: str | None
 ) -> ChatCompletion:
     req, warnings = to_reason_request(chat, state.settings.served_model_name)
-    response = await reason(state, req, request_id)
+    response = await reason(state, req, request_id, "chat")
     response.warnings[:0] = warnings
     return to_chat_completion(response, state.settings.served_model_name)
 
@@ -115,13 +126,24 @@ async def chat_completion(
 
 class SearchStream:
     """A started search: its first item (already computed) and the rest, holding a
-    concurrency slot until :meth:`aclose` (idempotent; also run as the response's background
-    task, so the slot is freed even when the client leaves before the body starts)."""
+    concurrency slot and its place among the cancellable searches until :meth:`aclose`
+    (idempotent; also run when the request is over however it ended, so both are freed even
+    when the client leaves before the body starts)."""
 
-    def __init__(self, state: GatewayState, first: Item, rest: AsyncGenerator[Item, None]) -> None:
+    def __init__(
+        self,
+        state: GatewayState,
+        first: Item,
+        rest: AsyncGenerator[Item, None],
+        *,
+        admitted: float,
+        unregister: Callable[[], None],
+    ) -> None:
         self.state = state
         self.first = first
         self.rest = rest
+        self._admitted = admitted
+        self._unregister = unregister
         self._closed = False
 
     async def items(self) -> AsyncIterator[Item]:
@@ -136,7 +158,8 @@ class SearchStream:
         try:
             await self.rest.aclose()
         finally:
-            self.state.limiter.release()
+            self._unregister()
+            self.state.limiter.release(self._admitted)
 
 
 async def open_stream(
@@ -144,20 +167,35 @@ async def open_stream(
 ) -> SearchStream:
     """Check the request, take a slot and run the search up to its first item."""
     check_question(req.question, state)
-    await state.limiter.acquire()
-    reasoner = loop.Reasoner(
-        req, state.upstreams, max_deadline_s=state.settings.max_deadline_s, request_id=request_id
-    )
+    admitted = await state.limiter.acquire()
+    reasoner = _reasoner(state, req, request_id)
+    unregister = state.searches.add(request_id, reasoner)
     items = reasoner.run()
     try:
         first = await anext(items)
     except BaseException as exc:
         await items.aclose()
-        state.limiter.release()
+        unregister()
+        state.limiter.release(admitted)
         if isinstance(exc, ServiceError):
             state.metrics.observe_error(endpoint, exc)
         raise
-    return SearchStream(state, first, items)
+    return SearchStream(
+        state,
+        first,
+        items,
+        admitted=admitted,
+        unregister=unregister,
+    )
+
+
+def cancel(state: GatewayState, search_id: str) -> CancelResponse:
+    """Cancel a running search by its id (a chat completion's id names its search too)."""
+    key = search_id.removeprefix(CHAT_ID_PREFIX)
+    outcome = state.searches.cancel(key)
+    if outcome == "cancelled":
+        state.metrics.cancellations.labels("api").inc()
+    return CancelResponse(id=search_id, status=outcome)
 
 
 def _error_body(exc: BaseException, request_id: str | None) -> dict[str, Any]:
@@ -206,7 +244,7 @@ async def chat_chunks(
     """OpenAI stream body: a role chunk, one content chunk per step (steps joined by
     newlines), a final chunk with finish_reason and the whole trace, then ``[DONE]``."""
     metrics = stream.state.metrics
-    writer = ChunkWriter(stream.state.settings.served_model_name)
+    writer = ChunkWriter(stream.state.settings.served_model_name, request_id)
     try:
         yield f"data: {writer.role()}\n\n"
         async for item in stream.items():

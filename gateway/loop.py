@@ -11,12 +11,16 @@ Per step, with trajectory T = question + steps chosen so far:
 4. the best is kept (first on ties); the loop stops as soon as the kept step states an answer,
    or after ``max_steps``.
 
-Degradation (non-strict requests): when the rationalyst is down or times out the run continues
-as ``likelihood``; when the scorer is down or times out, as ``random``. Each switch is recorded
-in ``fallbacks`` and ``warnings`` and holds for the rest of the request. In strict mode, and
-whenever the agent fails, the typed error propagates (503 down, 504 timeout). When the
-deadline passes, the step in flight is abandoned and the steps chosen so far are returned with
-``deadline_reached``.
+Degradation (non-strict requests): when the rationalyst is down the run continues as
+``likelihood``; when the scorer is down, as ``random``. Each switch is recorded in
+``fallbacks`` and ``warnings`` and holds for the rest of the request. A service that is slow
+(busy) is waited for, never replaced: only a service that is down changes the method, so
+overload shows as latency or as a 503 at the gateway's admission, not as a silently worse
+search. In strict mode, and whenever the agent fails, the typed error propagates (503 down,
+504 on a call's own timeout). When the deadline passes, or the search is cancelled
+(:meth:`Reasoner.cancel`), the step in flight is abandoned (its upstream calls are
+cancelled) and the steps chosen so far are returned with ``deadline_reached`` or
+``cancelled``.
 
 Nothing here imports FastAPI; :mod:`gateway.handlers` maps results and errors to HTTP.
 """
@@ -42,7 +46,7 @@ from gateway.heuristics import (
 from gateway.prompts import scoring_context
 from gateway.upstreams import ServiceName, Upstreams
 from shared.answers import contains_end_phrase, extract_answer
-from shared.errors import InvalidRequest, ServiceError, ServiceUnavailable, UpstreamTimeout
+from shared.errors import InvalidRequest, ServiceError, ServiceUnavailable
 from shared.fewshot import DEFAULT_DEMOS
 from shared.gateway_schemas import (
     CandidateTrace,
@@ -71,8 +75,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DOWN_ERRORS: tuple[type[ServiceError], ...] = (ServiceUnavailable, UpstreamTimeout)
-"""Upstream failures that trigger a fallback (non-strict) instead of failing the request."""
+DOWN_ERRORS: tuple[type[ServiceError], ...] = (ServiceUnavailable,)
+"""Upstream failures that trigger a fallback (non-strict) instead of failing the request: the
+service is unreachable or answered 503. A timeout (UpstreamTimeout) is not one of them."""
 
 
 def _ms(seconds: float) -> float:
@@ -314,6 +319,8 @@ class Reasoner(_Run):
         self.trace: list[StepTrace] = []
         self.finished = False
         self.deadline_reached = False
+        self.cancelled = False
+        self._step_timeout: asyncio.Timeout | None = None
         if request.heuristic is Heuristic.greedy:
             if "n_candidates" in request.model_fields_set and request.n_candidates != 1:
                 self.warnings.append("greedy proposes one candidate per step; n_candidates ignored")
@@ -403,24 +410,42 @@ class Reasoner(_Run):
             ),
         )
 
+    def cancel(self) -> None:
+        """Stop the search: the step in flight is abandoned at once (its upstream calls are
+        cancelled) and :meth:`run` yields the response with the steps chosen so far."""
+        self.cancelled = True
+        if self._step_timeout is not None:
+            self._step_timeout.reschedule(asyncio.get_running_loop().time())
+
     async def run(self) -> AsyncGenerator[StepTrace | ReasonResponse, None]:
         """Yield each step's trace as it is chosen, then the response."""
         start = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + self.deadline_s
         for index in range(self.request.max_steps):
+            if self.cancelled:
+                self.warnings.append(f"cancelled before step {index}")
+                break
             timeout = asyncio.timeout_at(deadline if math.isfinite(deadline) else None)
             try:
                 async with timeout:
+                    self._step_timeout = timeout
                     trace = await self._step(index)
             except TimeoutError:
                 if not timeout.expired():
                     raise
+                if self.cancelled:
+                    self.warnings.append(
+                        f"cancelled during step {index}; returning the steps chosen so far"
+                    )
+                    break
                 self.deadline_reached = True
                 self.warnings.append(
                     f"deadline of {self.deadline_s:g}s reached during step {index}; "
                     "returning the steps chosen so far"
                 )
                 break
+            finally:
+                self._step_timeout = None
             if trace is None:
                 break
             self.steps.append(trace.step)
@@ -441,6 +466,7 @@ class Reasoner(_Run):
             steps=list(self.steps),
             finished=self.finished,
             deadline_reached=self.deadline_reached,
+            cancelled=self.cancelled,
             heuristic_requested=self.requested,
             heuristic_used=self.heuristic.kind,
             seed=self.seed,
@@ -463,6 +489,11 @@ async def reason(
 ) -> ReasonResponse:
     """Run the loop to the end and return the response."""
     reasoner = Reasoner(request, upstreams, max_deadline_s=max_deadline_s, request_id=request_id)
+    return await run_to_end(reasoner)
+
+
+async def run_to_end(reasoner: Reasoner) -> ReasonResponse:
+    """Iterate a search to its response."""
     async for item in reasoner.run():
         if isinstance(item, ReasonResponse):
             return item

@@ -66,6 +66,13 @@ class GatewayMetrics:
             ["service", "from_heuristic", "to_heuristic"],
             registry=registry,
         )
+        self.cancellations = Counter(
+            f"{namespace}_search_cancellations_total",
+            "Searches cancelled through the cancel endpoint (disconnects: "
+            f"{namespace}_http_cancelled_total).",
+            ["via"],
+            registry=registry,
+        )
         self.deadlines = Counter(
             f"{namespace}_deadline_reached_total",
             "Searches cut short by their deadline.",
@@ -83,11 +90,12 @@ class GatewayMetrics:
                 self.stage_seconds.labels(stage).observe(ms / 1000.0)
 
     def observe_reason(self, response: ReasonResponse, endpoint: str = "reason") -> None:
-        outcome = (
-            "deadline"
-            if response.deadline_reached
-            else ("answered" if response.finished else "unfinished")
-        )
+        if response.cancelled:
+            outcome = "cancelled"
+        elif response.deadline_reached:
+            outcome = "deadline"
+        else:
+            outcome = "answered" if response.finished else "unfinished"
         self.searches.labels(
             endpoint, response.heuristic_requested.value, response.heuristic_used.value, outcome
         ).inc()

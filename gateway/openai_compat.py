@@ -87,9 +87,18 @@ def _usage(response: ReasonResponse) -> CompletionUsage:
     )
 
 
+CHAT_ID_PREFIX = "chatcmpl-"
+
+
+def chat_id(request_id: str | None) -> str:
+    """A chat completion's id: ``chatcmpl-<request id>``, so that the id every chunk carries
+    names the search to cancel (``POST /v1/chat/completions/{id}/cancel``)."""
+    return CHAT_ID_PREFIX + request_id if request_id else completion_id("chatcmpl")
+
+
 def to_chat_completion(response: ReasonResponse, model: str) -> ChatCompletion:
     return ChatCompletion(
-        id=completion_id("chatcmpl"),
+        id=chat_id(response.id),
         created=int(time.time()),
         model=model,
         choices=[
@@ -106,8 +115,8 @@ def to_chat_completion(response: ReasonResponse, model: str) -> ChatCompletion:
 class ChunkWriter:
     """Turns step traces and the final response into chat.completion.chunk payloads."""
 
-    def __init__(self, model: str) -> None:
-        self.id = completion_id("chatcmpl")
+    def __init__(self, model: str, request_id: str | None = None) -> None:
+        self.id = chat_id(request_id)
         self.created = int(time.time())
         self.model = model
         self._steps = 0

@@ -6,7 +6,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
@@ -14,6 +14,7 @@ from starlette.background import BackgroundTask
 from gateway import handlers
 from gateway.deps import RequestIdDep, StateDep
 from shared.gateway_schemas import (
+    CancelResponse,
     ChatCompletion,
     GatewayChatRequest,
     ReasonRequest,
@@ -21,6 +22,7 @@ from shared.gateway_schemas import (
     SelectRequest,
     SelectResponse,
 )
+from shared.http import on_close
 from shared.openai_schemas import ModelCard, ModelList
 
 router = APIRouter()
@@ -34,7 +36,10 @@ def _json(model: BaseModel) -> Response:
     return Response(model.model_dump_json(), media_type="application/json")
 
 
-def _stream(body: AsyncIterator[str], stream: handlers.SearchStream) -> StreamingResponse:
+def _stream(
+    request: Request, body: AsyncIterator[str], stream: handlers.SearchStream
+) -> StreamingResponse:
+    on_close(request, stream.aclose)  # freed however the request ends, a disconnect included
     return StreamingResponse(
         body,
         media_type="text/event-stream",
@@ -56,12 +61,20 @@ async def ready(state: StateDep) -> dict[str, Any]:
 
 
 @router.post("/v1/reason", response_model=ReasonResponse, responses=_STREAM)
-async def reason(req: ReasonRequest, state: StateDep, rid: RequestIdDep) -> Response:
+async def reason(
+    req: ReasonRequest, state: StateDep, rid: RequestIdDep, request: Request
+) -> Response:
     """Solve a question step by step, each step chosen by process supervision."""
     if req.stream:
         stream = await handlers.open_stream(state, req, rid, "reason")
-        return _stream(handlers.reason_events(stream, rid), stream)
+        return _stream(request, handlers.reason_events(stream, rid), stream)
     return _json(await handlers.reason(state, req, rid))
+
+
+@router.post("/v1/reason/{search_id}/cancel", response_model=CancelResponse)
+async def cancel_reason(search_id: str, state: StateDep) -> CancelResponse:
+    """Cancel a running search by its id (the response's `id`, its X-Request-Id)."""
+    return handlers.cancel(state, search_id)
 
 
 @router.post("/v1/select", response_model=SelectResponse)
@@ -71,12 +84,20 @@ async def select(req: SelectRequest, state: StateDep, rid: RequestIdDep) -> Resp
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=_STREAM)
-async def chat_completions(req: GatewayChatRequest, state: StateDep, rid: RequestIdDep) -> Response:
+async def chat_completions(
+    req: GatewayChatRequest, state: StateDep, rid: RequestIdDep, request: Request
+) -> Response:
     """OpenAI-compatible guided reasoning; extra body fields choose the search."""
     if req.stream:
         stream, warnings = await handlers.open_chat_stream(state, req, rid)
-        return _stream(handlers.chat_chunks(stream, warnings, rid), stream)
+        return _stream(request, handlers.chat_chunks(stream, warnings, rid), stream)
     return _json(await handlers.chat_completion(state, req, rid))
+
+
+@router.post("/v1/chat/completions/{completion_id}/cancel", response_model=CancelResponse)
+async def cancel_chat_completion(completion_id: str, state: StateDep) -> CancelResponse:
+    """Cancel a running chat completion by its id (`chatcmpl-<request id>`)."""
+    return handlers.cancel(state, completion_id)
 
 
 @router.get("/v1/models")

@@ -33,7 +33,11 @@ class GatewaySettings(CommonSettings, JobStoreSettings):
         "`Authorization: Bearer <key>`; keys are never logged.",
     )
     upstream_timeout_s: float = Field(
-        default=120.0, gt=0, description="Read timeout of one model-service call (then 504)."
+        default=600.0,
+        gt=0,
+        description="Read timeout of one model-service call, within the request's deadline. "
+        "A slow call (a busy service) is waited for, never a reason to change method; past "
+        "this it is a 504, or with time left, the best trajectory so far.",
     )
     connect_timeout_s: float = Field(
         default=5.0, gt=0, description="Connect timeout of one model-service call."
@@ -56,8 +60,16 @@ class GatewaySettings(CommonSettings, JobStoreSettings):
     max_concurrent_requests: int = Field(
         default=32, ge=1, description="Searches run at once; further requests wait in a queue."
     )
+    max_queued_requests: int | None = Field(
+        default=None,
+        ge=0,
+        description="Requests that may wait for a slot (default: twice "
+        "max_concurrent_requests); one more is refused at once with 503 and Retry-After.",
+    )
     queue_timeout_s: float = Field(
-        default=30.0, gt=0, description="How long a request waits for a slot before a 503."
+        default=30.0,
+        gt=0,
+        description="How long a request waits for a slot before a 503 with Retry-After.",
     )
     served_model_name: str = Field(
         default="rationalyst",

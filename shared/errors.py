@@ -16,10 +16,19 @@ class ServiceError(Exception):
     status: ClassVar[int] = 500
     type: ClassVar[str] = "internal_error"
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, field: str | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
+        self.retry_after = retry_after  # seconds; sent as the Retry-After header
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers that go with the error response."""
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
 
     def body(self, request_id: str | None) -> dict[str, Any]:
         detail: dict[str, Any] = {"type": self.type, "message": self.message}

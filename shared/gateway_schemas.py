@@ -198,6 +198,10 @@ class ReasonResponse(Strict):
     deadline_reached: bool = Field(
         default=False, description="The deadline passed; the steps are the best so far."
     )
+    cancelled: bool = Field(
+        default=False,
+        description="Cancelled (POST /v1/reason/{id}/cancel); the steps are the best so far.",
+    )
     heuristic_requested: Heuristic
     heuristic_used: Heuristic = Field(description="The heuristic in use at the end.")
     seed: int | None = Field(default=None, description="The seed used (reproduces the run).")
@@ -341,3 +345,15 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChunkChoice]
     rationalyst_step: StepTrace | None = None
     rationalyst: ReasonResponse | None = None
+
+
+class CancelResponse(Strict):
+    """The answer of ``POST /v1/reason/{id}/cancel`` (and of a chat completion's cancel)."""
+
+    id: str
+    object: Literal["search.cancel"] = "search.cancel"
+    status: Literal["cancelled", "already_cancelled"] = Field(
+        description="cancelled: the search stops within its current model call and answers "
+        "with the steps so far (`cancelled: true`); already_cancelled: a repeated cancel, "
+        "a no-op."
+    )

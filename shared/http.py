@@ -3,6 +3,8 @@ bearer-token auth, Prometheus request metrics and the /metrics route."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
 import time
@@ -20,14 +22,22 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.errors import ServiceError, Unauthorized
 from shared.logging import REQUEST_ID_HEADER, request_id_var
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["REQUEST_ID_HEADER", "HttpMetrics", "install_error_handlers", "install_middleware"]
+__all__ = [
+    "REQUEST_ID_HEADER",
+    "HttpMetrics",
+    "RequestMiddleware",
+    "install_error_handlers",
+    "install_middleware",
+]
 
 
 def request_id(request: Request) -> str | None:
@@ -35,7 +45,9 @@ def request_id(request: Request) -> str | None:
 
 
 def error_response(exc: ServiceError, request: Request) -> JSONResponse:
-    return JSONResponse(exc.body(request_id(request)), status_code=exc.status)
+    return JSONResponse(
+        exc.body(request_id(request)), status_code=exc.status, headers=exc.headers()
+    )
 
 
 def _field_of(loc: Iterable[object]) -> str:
@@ -125,6 +137,12 @@ class HttpMetrics:
             registry=self.registry,
             buckets=(0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
         )
+        self.cancelled = Counter(
+            f"{namespace}_http_cancelled_total",
+            "Requests cancelled because their client disconnected before the response.",
+            ["route"],
+            registry=self.registry,
+        )
 
 
 def install_middleware(
@@ -134,45 +152,162 @@ def install_middleware(
     token: str | None = None,
     token_list: Iterable[str] = (),
     public_paths: frozenset[str] = frozenset({"/health", "/ready", "/metrics"}),
+    cancel_paths: Callable[[str], bool] | None = None,
 ) -> None:
-    """Request id, optional bearer auth, request metrics, and the /metrics route.
+    """Request id, optional bearer auth, request metrics, cancellation of abandoned requests,
+    and the /metrics route.
 
     ``token``/``token_list``: accepted bearer tokens; when none is set auth is off. Tokens are
-    compared in constant time and never logged.
+    compared in constant time and never logged. ``cancel_paths(path)``: whether a request to
+    ``path`` is cancelled when its client disconnects (see :class:`RequestMiddleware`).
     """
-    accepted = [t for t in (token, *token_list) if t]
-
-    @app.middleware("http")
-    async def _mw(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        rid = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
-        request.state.request_id = rid
-        reset = request_id_var.set(rid)
-        start = time.perf_counter()
-        try:
-            if accepted and request.url.path not in public_paths:
-                auth = request.headers.get("authorization", "")
-                scheme, _, given = auth.partition(" ")
-                if scheme.lower() != "bearer" or not any(
-                    hmac.compare_digest(given.encode(), t.encode()) for t in accepted
-                ):
-                    response: Response = error_response(
-                        Unauthorized("missing or invalid bearer token (Authorization header)"),
-                        request,
-                    )
-                    response.headers[REQUEST_ID_HEADER] = rid
-                    return response
-            response = await call_next(request)
-        finally:
-            request_id_var.reset(reset)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.requests.labels(path, request.method, str(response.status_code)).inc()
-        metrics.latency.labels(path, request.method).observe(time.perf_counter() - start)
-        response.headers[REQUEST_ID_HEADER] = rid
-        return response
+    accepted = tuple(t for t in (token, *token_list) if t)
+    app.add_middleware(
+        RequestMiddleware,
+        metrics=metrics,
+        accepted=accepted,
+        public_paths=public_paths,
+        cancel_paths=cancel_paths or (lambda path: False),
+    )
 
     @app.get("/metrics", include_in_schema=False)
     async def _metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+_ON_CLOSE = "rationalyst.on_close"
+
+
+def on_close(request: Request, callback: Callable[[], Awaitable[None]]) -> None:
+    """Run ``callback`` once the request is over, whether it completed, failed or was
+    cancelled on a disconnect (only on paths the middleware makes cancellable; elsewhere use
+    the response's background task). Callbacks must be idempotent."""
+    request.scope.setdefault("state", {}).setdefault(_ON_CLOSE, []).append(callback)
+
+
+CLIENT_CLOSED = 499
+"""Status recorded in the metrics for a request whose client left before its response (the
+nginx convention); nothing is sent."""
+
+
+class RequestMiddleware:
+    """The one ASGI middleware of every service: request id (``X-Request-Id``, taken from the
+    request or made, set in :data:`shared.logging.request_id_var` and echoed in the
+    response), bearer auth, request metrics, and cancellation.
+
+    Cancellation. For paths where ``cancel_paths`` is true, the request body is read first
+    and replayed to the app, and the connection is watched while the app runs: when the
+    client disconnects, the handler's task is cancelled, before or after its response has
+    started (a stream nobody reads is not worth its next model call), which cancels
+    everything it awaits (upstream HTTP calls, engine work). The request is counted in
+    ``*_http_cancelled_total`` and as status 499. Whatever a handler must release however it
+    ends (a stream's concurrency slot) it registers with :func:`on_close`; those callbacks
+    run after the app, cancelled or not. Plain ASGI rather than Starlette's
+    ``BaseHTTPMiddleware``, which hides the disconnect from the handler and adds a task per
+    request.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: HttpMetrics,
+        accepted: tuple[str, ...],
+        public_paths: frozenset[str],
+        cancel_paths: Callable[[str], bool],
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.accepted = accepted
+        self.public_paths = public_paths
+        self.cancel_paths = cancel_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        rid = headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        status = CLIENT_CLOSED
+        start = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = rid
+            await send(message)
+
+        reset = request_id_var.set(rid)
+        try:
+            if (
+                self.accepted
+                and scope["path"] not in self.public_paths
+                and not self._authorized(headers)
+            ):
+                error = Unauthorized("missing or invalid bearer token (Authorization header)")
+                response = JSONResponse(error.body(rid), status_code=error.status)
+                await response(scope, receive, send_with_id)
+            elif self.cancel_paths(scope["path"]):
+                await self._cancellable(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
+        except Exception:
+            status = 500  # answered by the outermost error middleware
+            raise
+        finally:
+            request_id_var.reset(reset)
+            route = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"]
+            self.metrics.requests.labels(route, method, str(status)).inc()
+            self.metrics.latency.labels(route, method).observe(time.perf_counter() - start)
+
+    def _authorized(self, headers: Headers) -> bool:
+        scheme, _, given = headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and any(
+            hmac.compare_digest(given.encode(), t.encode()) for t in self.accepted
+        )
+
+    async def _cancellable(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body: list[Message] = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # gone before the request was read
+            body.append(message)
+            if not message.get("more_body", False):
+                break
+        gone = asyncio.Event()
+        closers: list[Callable[[], Awaitable[None]]] = scope["state"].setdefault(_ON_CLOSE, [])
+
+        async def replay() -> Message:
+            if body:
+                return body.pop(0)
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        handler = asyncio.ensure_future(self.app(scope, replay, send))
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await asyncio.wait({handler, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if not handler.done():
+                handler.cancel()
+                route = getattr(scope.get("route"), "path", scope["path"])
+                self.metrics.cancelled.labels(route).inc()
+                logger.info("client disconnected: cancelled %s %s", scope["method"], route)
+            with contextlib.suppress(asyncio.CancelledError):
+                await handler
+        finally:
+            watcher.cancel()
+            handler.cancel()
+            for close in closers:
+                try:
+                    await asyncio.shield(close())
+                except Exception:
+                    logger.exception("a request's close callback failed")

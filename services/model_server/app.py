@@ -32,6 +32,12 @@ from shared.schemas import (
 
 logger = logging.getLogger(__name__)
 
+MODEL_ROUTES = frozenset(
+    {"/v1/rationale", "/v1/propose", "/v1/score", "/v1/completions", "/v1/chat/completions"}
+)
+"""Routes that run the model: a request whose client disconnects is cancelled, and the
+engine drops its sequences."""
+
 
 async def get_service(request: Request) -> AsyncIterator[ModelService]:
     """The current model's service, held by the request until its response is built (a
@@ -86,7 +92,7 @@ def create_app(
     app.state.model = served
     install_error_handlers(app)
     token = settings.internal_token.get_secret_value() if settings.internal_token else None
-    install_middleware(app, metrics, token=token)
+    install_middleware(app, metrics, token=token, cancel_paths=MODEL_ROUTES.__contains__)
 
     @app.get("/health")
     async def health() -> dict[str, str]:

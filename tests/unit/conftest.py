@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,8 @@ def asgi_client() -> Callable[..., Any]:
     @contextlib.asynccontextmanager
     async def make(app: Any) -> AsyncIterator[httpx.AsyncClient]:
         async with app.router.lifespan_context(app):
+            for _ in range(5):  # let background start-up work (a fake engine's load) run
+                await asyncio.sleep(0)
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
                 yield client

@@ -280,10 +280,13 @@ async def test_scorer_down_continues_as_random() -> None:
     assert len(scorer.calls) == 2
 
 
-async def test_scorer_timeout_falls_back_too() -> None:
-    scorer = FakeModelService("scorer", fail=UpstreamTimeout("scorer did not answer"))
-    res = await reason(req(max_steps=1), fake_upstreams(scorer=scorer))
-    assert res.heuristic_used is Heuristic.random
+@pytest.mark.parametrize("service", ["rationalyst", "scorer"])
+async def test_slow_service_is_a_timeout_not_a_change_of_method(service: str) -> None:
+    # A service that does not answer in time is busy, not down: the request fails with 504
+    # rather than silently continuing with a weaker heuristic.
+    slow = FakeModelService(service, fail=UpstreamTimeout(f"{service} did not answer"))
+    with pytest.raises(UpstreamTimeout, match=service):
+        await reason(req(max_steps=1), fake_upstreams(**{service: slow}))
 
 
 @pytest.mark.parametrize("service", ["rationalyst", "scorer"])
