@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -342,3 +344,59 @@ async def test_unstarted_or_closed_engine_raises_engine_error(model_path: Path) 
     await eng.close()
     with pytest.raises(EngineError):
         await eng.score(job_of("a", ["b"]))
+
+
+LONG_CONTEXT = (
+    "A farmer keeps sheep, goats and chickens on a small hill farm. Every morning he counts "
+    "the animals, feeds them and writes the numbers in a notebook. Today he counted"
+)
+
+
+async def test_scores_after_a_cached_prefix_match_a_full_forward(
+    engine: TransformersEngine, reference: Any
+) -> None:
+    before = engine._prefix.hit_tokens
+    await check_score(engine, reference, job_of(LONG_CONTEXT, [" 12 sheep.", " 40 animals."]))
+    # Same context, other continuations: its KV comes from the prefix cache this time.
+    await check_score(engine, reference, job_of(LONG_CONTEXT, [" 7 goats", " nothing at all."]))
+    assert engine._prefix.hit_tokens > before
+
+
+async def test_generation_after_a_cached_prefix_matches_greedy(
+    engine: TransformersEngine, reference: Any
+) -> None:
+    first = prompt_ids(engine, "Count the animals: 3 sheep and 4 goats. How many?")
+    await engine.generate(first, SamplingParams(max_tokens=4, temperature=0.0))
+    before = engine._prefix.hit_tokens
+    # shares the chat template and most of the question with ``first``
+    ids = prompt_ids(engine, "Count the animals: 3 sheep and 4 goats. How many legs?")
+    (out,) = await engine.generate(ids, SamplingParams(max_tokens=16, temperature=0.0))
+    assert engine._prefix.hit_tokens > before
+    assert out.token_ids == greedy_reference(reference, engine, ids, 16)
+
+
+async def test_hundred_cancellations_leave_the_engine_answering_correctly(
+    engine: TransformersEngine, reference: Any
+) -> None:
+    rng = random.Random(7)
+    prompts = [prompt_ids(engine, f"Tell me a story about the number {i}.") for i in range(10)]
+
+    async def cancelled_after(delay_s: float, ids: list[int]) -> None:
+        task = asyncio.ensure_future(
+            engine.generate(ids, SamplingParams(max_tokens=48, n=2, temperature=1.0, seed=1))
+        )
+        await asyncio.sleep(delay_s)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    # In waves, so that cancellations land before admission, mid-decode and at the end.
+    for wave in range(10):
+        await asyncio.gather(
+            *(cancelled_after(rng.uniform(0, 0.3), rng.choice(prompts)) for _ in range(10))
+        )
+        assert engine.healthy(), f"engine failed after wave {wave}"
+    ids = prompt_ids(engine, "What is the capital of France?")
+    (out,) = await engine.generate(ids, SamplingParams(max_tokens=12, temperature=0.0))
+    assert out.token_ids == greedy_reference(reference, engine, ids, 12)
+    assert not [r for r in engine._pending if not r.req.future.done()]
