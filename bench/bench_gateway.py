@@ -2,12 +2,15 @@
 same model services.
 
     python bench/bench_gateway.py [--requests 8] [--concurrency 8] [--max-steps 3] \
+        [--threads N] [--parts throughput,loop,abandoned] \
         [--rationalyst-url U --agent-url U --scorer-url U]
 
 Without URLs it starts three model services on the embedded model (and always its own gateway
-subprocess) on free loopback ports, and stops them at the end.
+subprocess) on free loopback ports, with the thread budget `rationalyst up` gives them (cores /
+3 each; ``--threads`` overrides it), and stops them at the end.
 
-Two clients solve the same questions with the same budgets, ``--concurrency`` requests at once:
+throughput: two clients solve the same questions with the same budgets, ``--concurrency``
+requests at once:
 
 - gateway:  POST /v1/reason (rationale || propose, duplicates merged, ONE /v1/score call per
   step, stop on the answer step);
@@ -17,12 +20,23 @@ Two clients solve the same questions with the same budgets, ``--concurrency`` re
 
 Printed: throughput of each and their ratio (goal >= 3), and the share of the gateway's wall
 time spent outside model services, from the trace timings (goal <= 3%).
+
+loop: one search at a time; then each of its model calls is sent again alone, on the idle
+ensemble, with the same inputs. Printed: the search's wall time / the model work it needs, the
+latter as the critical path of those lone calls (per step the longer of rationale and
+propose, which the loop runs together, plus the score call; goal <= 1.2: co-running and the
+gateway cost at most 20% over the calls alone) and as their plain sum.
+
+abandoned: ``--concurrency`` clients start long searches and disconnect after a few seconds.
+Printed: tokens the model services decode after the calls in flight at the disconnect could
+have ended (goal: none), from their ``model_server_engine_tokens_total``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import signal
 import statistics
@@ -45,6 +59,7 @@ from gateway.ensemble import (
     model_service_command,
     start_process,
     stop_processes,
+    thread_envs,
     wait_ready,
 )
 from gateway.prompts import scoring_context
@@ -61,6 +76,9 @@ QUESTIONS = [
     "A class has 4 rows of 7 desks. How many desks are there?",
     "Lia reads 9 pages on Monday and 11 on Tuesday. How many pages did she read?",
 ]
+
+
+DEMOS = [d.model_dump() for d in DEFAULT_DEMOS]
 
 
 @dataclass
@@ -102,6 +120,7 @@ async def gateway_request(
         "max_rationale_tokens": args.max_rationale_tokens,
         "temperature": 0.7,
         "seed": seed,
+        "few_shot": DEMOS,  # the demos the original pattern uses too
     }
     r = await client.post(f"{url}/v1/reason", json=body)
     r.raise_for_status()
@@ -132,6 +151,7 @@ async def original_request(
                 "temperature": 0.7,
                 "seed": seed + t,
                 "max_tokens": args.max_step_tokens,
+                "few_shot": DEMOS,
             },
         )
         r.raise_for_status()
@@ -237,16 +257,13 @@ def report(gw: RunStats, orig: RunStats, args: argparse.Namespace) -> None:
         print(f"errors: gateway {gw.errors}, original {orig.errors}")
 
 
-async def main_async(args: argparse.Namespace, urls: dict[str, str], gateway_url: str) -> None:
+async def throughput(args: argparse.Namespace, urls: dict[str, str], gateway_url: str) -> None:
     async def gw_call(client: httpx.AsyncClient, q: str, seed: int) -> dict[str, Any]:
         return await gateway_request(client, gateway_url, q, seed, args)
 
     async def orig_call(client: httpx.AsyncClient, q: str, seed: int) -> dict[str, Any]:
         return await original_request(client, urls, q, seed, args)
 
-    # Warm-up: one request each, so that lazy initialization is not measured.
-    await run_pattern("warmup", argparse.Namespace(**{**vars(args), "requests": 1}), gw_call,
-                      timeout_s=args.timeout)  # fmt: skip
     calls = {"gateway": gw_call, "original": orig_call}
     results = {name: RunStats(name) for name in calls}
     for round_index in range(args.rounds):
@@ -260,6 +277,123 @@ async def main_async(args: argparse.Namespace, urls: dict[str, str], gateway_url
             print(f"  {stats.wall_s:.1f}s, {len(stats.latencies_s)} done", file=sys.stderr)
             results[name].merge(stats)
     report(results["gateway"], results["original"], args)
+
+
+async def replay_alone(
+    client: httpx.AsyncClient, urls: dict[str, str], res: dict[str, Any], args: argparse.Namespace
+) -> tuple[float, float]:
+    """Send each model call of a finished search again, one at a time, with the same inputs;
+    (critical path, plain sum) of their latencies."""
+
+    async def timed(url: str, body: dict[str, Any]) -> float:
+        start = time.perf_counter()
+        r = await client.post(url, json=body)
+        r.raise_for_status()
+        return time.perf_counter() - start
+
+    question = res["question"]
+    critical = total = 0.0
+    steps: list[str] = []
+    for step in res["trace"]:
+        rationale_s = await timed(
+            f"{urls['rationalyst']}/v1/rationale",
+            {"question": question, "steps": steps, "max_tokens": args.max_rationale_tokens,
+             "temperature": 0.0},
+        )  # fmt: skip
+        propose_s = await timed(
+            f"{urls['agent']}/v1/propose",
+            {"question": question, "steps": steps, "n": 3, "temperature": 0.7,
+             "seed": res["seed"] + step["index"], "max_tokens": args.max_step_tokens,
+             "few_shot": DEMOS},
+        )  # fmt: skip
+        score_s = 0.0
+        distinct = [
+            c["text"] for c in step["candidates"] if c["duplicate_of"] is None and c["text"]
+        ]
+        if step["timings"]["score_ms"] is not None:
+            context = scoring_context(question, steps, DEFAULT_DEMOS, step["rationale"])
+            score_s = await timed(
+                f"{urls['scorer']}/v1/score",
+                {"context": [m.model_dump() for m in context], "continuations": distinct,
+                 "return_tokens": False},
+            )  # fmt: skip
+        critical += max(rationale_s, propose_s) + score_s
+        total += rationale_s + propose_s + score_s
+        steps.append(step["step"])
+    return critical, total
+
+
+async def loop_ratio(args: argparse.Namespace, urls: dict[str, str], gateway_url: str) -> None:
+    walls, criticals, totals = [], [], []
+    async with httpx.AsyncClient(timeout=args.timeout) as client:
+        for i in range(args.loop_requests):
+            start = time.perf_counter()
+            res = await gateway_request(
+                client, gateway_url, QUESTIONS[i % len(QUESTIONS)], 2000 + i, args
+            )
+            walls.append(time.perf_counter() - start)
+            critical, total = await replay_alone(client, urls, res, args)
+            criticals.append(critical)
+            totals.append(total)
+            print(f"  loop {i}: {len(res['steps'])} steps, wall {walls[-1]:.1f}s, lone calls "
+                  f"critical path {critical:.1f}s, sum {total:.1f}s", file=sys.stderr)  # fmt: skip
+    print(
+        f"\nloop wall time / model work it needs ({args.loop_requests} searches, one at a time): "
+        f"{sum(walls) / sum(criticals):.2f}x the critical path of the lone calls (goal <= 1.2), "
+        f"{sum(walls) / sum(totals):.2f}x their sum"
+    )
+
+
+def decoded_tokens(urls: dict[str, str]) -> float:
+    total = 0.0
+    for role in ("rationalyst", "agent", "scorer"):
+        for line in httpx.get(f"{urls[role]}/metrics", timeout=30).text.splitlines():
+            if line.startswith('model_server_engine_tokens_total{kind="decode"}'):
+                total += float(line.split()[-1])
+    return total
+
+
+async def abandoned(args: argparse.Namespace, urls: dict[str, str], gateway_url: str) -> None:
+    body = {
+        "question": "A farmer has 17 sheep and buys 3 times as many goats, then sells 5 goats "
+        "and 2 sheep. How many animals does he have?",
+        "max_steps": 12, "n_candidates": 4, "max_step_tokens": 64, "temperature": 1.0,
+    }  # fmt: skip
+
+    async def client_that_leaves(i: int) -> None:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(args.leave_after, connect=5)) as c:
+            with contextlib.suppress(httpx.TimeoutException):
+                await c.post(f"{gateway_url}/v1/reason", json={**body, "seed": i})
+
+    await asyncio.gather(*(client_that_leaves(i) for i in range(args.concurrency)))
+    at_leave = decoded_tokens(urls)
+    # A call in flight at the disconnect may finish its current decode step; give it that.
+    await asyncio.sleep(args.grace)
+    after_grace = decoded_tokens(urls)
+    await asyncio.sleep(args.watch)
+    later = decoded_tokens(urls)
+    print(
+        f"\nabandoned work: {args.concurrency} clients left after {args.leave_after:g}s; tokens "
+        f"decoded in the {args.grace:g}s after: {after_grace - at_leave:.0f}, in the "
+        f"{args.watch:g}s after that: {later - after_grace:.0f} (goal 0)"
+    )
+
+
+async def main_async(args: argparse.Namespace, urls: dict[str, str], gateway_url: str) -> None:
+    # Warm-up: one request, so that lazy initialization is not measured.
+    await run_pattern(
+        "warmup",
+        argparse.Namespace(**{**vars(args), "requests": 1}),
+        lambda client, q, seed: gateway_request(client, gateway_url, q, seed, args),
+        timeout_s=args.timeout,
+    )
+    parts = set(args.parts.split(","))
+    if "throughput" in parts:
+        await throughput(args, urls, gateway_url)
+    if "loop" in parts:
+        await loop_ratio(args, urls, gateway_url)
+    if "abandoned" in parts:
+        await abandoned(args, urls, gateway_url)
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -277,7 +411,14 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=1, help="Alternating rounds of both.")
     p.add_argument("--original-first", action="store_true", help="Run the baseline first.")
     p.add_argument("--model", default=None, help="Model for the services this script starts.")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per service.")
+    p.add_argument(
+        "--threads", type=int, default=None, help="Threads per service (default: cores / 3)."
+    )
+    p.add_argument("--parts", default="throughput,loop,abandoned", help="What to measure.")
+    p.add_argument("--loop-requests", type=int, default=3, help="Searches of the loop part.")
+    p.add_argument("--leave-after", type=float, default=6.0, help="abandoned: client timeout.")
+    p.add_argument("--grace", type=float, default=3.0, help="abandoned: seconds allowed.")
+    p.add_argument("--watch", type=float, default=15.0, help="abandoned: seconds watched.")
     for role in ("rationalyst", "agent", "scorer"):
         p.add_argument(f"--{role}-url", default=None)
     args = p.parse_args()
@@ -289,8 +430,8 @@ def main() -> None:
         urls: dict[str, str] = {}
         # The services must not time out before the client does on a loaded machine.
         env = {"MODEL_SERVER_REQUEST_TIMEOUT_S": str(args.timeout)}
-        if args.threads:
-            env["MODEL_SERVER_THREADS"] = str(args.threads)
+        given = {"MODEL_SERVER_THREADS": str(args.threads)} if args.threads else {}
+        threads = thread_envs(("rationalyst", "agent", "scorer"), environ=given)
         for role in ("rationalyst", "agent", "scorer"):
             given = getattr(args, f"{role}_url")
             if given:
@@ -299,7 +440,8 @@ def main() -> None:
             port = free_port()
             urls[role] = f"http://127.0.0.1:{port}"
             cmd = model_service_command(role, port, model=args.model)
-            procs.append(start_process(role, cmd, urls[role], log_dir=log_dir, env=env))
+            role_env = {**env, **threads[role]}
+            procs.append(start_process(role, cmd, urls[role], log_dir=log_dir, env=role_env))
         gw_port = free_port()
         gateway_url = f"http://127.0.0.1:{gw_port}"
         procs.append(
