@@ -95,9 +95,9 @@ def create_app(
     install_middleware(app, metrics, token=token, cancel_paths=MODEL_ROUTES.__contains__)
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        """Alive (cheap; says nothing about the model)."""
-        return {"status": "ok", "role": settings.role.value}
+    async def health() -> dict[str, Any]:
+        """Alive; 503 once the engine has failed beyond recovery (orchestrators restart it)."""
+        return served.health()
 
     @app.get("/ready")
     async def ready() -> dict[str, Any]:

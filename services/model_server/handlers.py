@@ -8,7 +8,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from services.model_server import prompts
@@ -109,11 +109,9 @@ class ModelService:
 
     async def _generate(self, ids: list[int], params: SamplingParams) -> list[Completion]:
         room = self.engine.max_model_len - len(ids)
+        params = params.normalized()
         if params.max_tokens > room:
-            params = SamplingParams(
-                max_tokens=room, n=params.n, temperature=params.temperature,
-                top_p=params.top_p, seed=params.seed, stop=params.stop,
-            )  # fmt: skip
+            params = replace(params, max_tokens=room)
         start = time.perf_counter()
         outputs = await self._run(self.engine.generate(ids, params))
         self.metrics.observe_generation(ids, outputs, time.perf_counter() - start)

@@ -107,8 +107,33 @@ class ServedModel:
             why = self._load_error or "the model is still loading"
             raise ServiceUnavailable(f"{role} is not ready: {why}")
         if not slot.engine.healthy():
+            fatal = getattr(slot.engine, "fatal", None)
+            if fatal:
+                self._reload(slot)
+                raise EngineError(f"{role}: the model engine has failed ({fatal}); reloading")
             raise EngineError(f"{role}: the model engine has failed")
         return slot
+
+    def health(self) -> dict[str, Any]:
+        """What /health reports: alive unless the engine has failed in a way no request can
+        recover from (out of memory, a CUDA error, a dead vLLM engine process), so that an
+        orchestrator restarts the service if the in-process reload does not bring it back."""
+        role = self.settings.role.value
+        slot = self._slot
+        fatal = getattr(slot.engine, "fatal", None) if slot is not None else None
+        if slot is not None and fatal:
+            self._reload(slot)
+            raise EngineError(f"{role}: the model engine has failed ({fatal}); reloading")
+        return {"status": "ok", "role": role}
+
+    def _reload(self, slot: _Slot) -> None:
+        """Replace a failed engine by a fresh one of the same model (once at a time)."""
+        if self._load_task is not None and not self._load_task.done():
+            return
+        role = self.settings.role.value
+        logger.error("%s: reloading %s after an engine failure", role, slot.model)
+        settings = self.settings.model_copy(update={"model": slot.model})
+        self._begin(slot.model, self._load(settings, slot.location, None))
 
     @contextlib.contextmanager
     def lease(self) -> Iterator[ModelService]:

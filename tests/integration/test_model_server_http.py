@@ -138,3 +138,25 @@ def test_bad_inputs_over_http(agent_url: str) -> None:
     unknown = httpx.post(f"{agent_url}/v1/propose", json={"question": "q", "nn": 2}, timeout=10)
     assert unknown.status_code == 422
     assert unknown.json()["error"]["field"] == "nn"
+
+
+@pytest.mark.parametrize(
+    "edges",
+    [
+        {"temperature": 1e-40},
+        {"temperature": 5e-324, "top_p": 5e-324, "seed": 2**63 - 1},
+        {"temperature": 2.0, "top_p": 1e-300, "seed": 0},
+    ],
+)
+def test_numeric_edges_never_break_the_service(agent_url: str, edges: dict[str, Any]) -> None:
+    body = {"prompt": "The sky is", "max_tokens": 4, "n": 2, "logprobs": 1, **edges}
+    r = httpx.post(f"{agent_url}/v1/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["choices"]) == 2
+    # the service still serves everyone
+    assert httpx.get(f"{agent_url}/health", timeout=10).status_code == 200
+    assert httpx.get(f"{agent_url}/ready", timeout=10).status_code == 200
+    ok = httpx.post(
+        f"{agent_url}/v1/propose", json={"question": "What is 2 + 2?", "max_tokens": 8}, timeout=120
+    )
+    assert ok.status_code == 200, ok.text

@@ -8,7 +8,7 @@ live in the handlers so that every engine scores exactly the same token windows.
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from shared.errors import InvalidRequest
@@ -16,9 +16,16 @@ from shared.errors import InvalidRequest
 FinishReason = Literal["stop", "length"]
 
 
+GREEDY_BELOW = 1e-5
+"""Temperatures below this sample greedily in every engine (vLLM's own threshold): dividing
+logits by a temperature of 1e-40 overflows, and the distribution it stands for is the
+argmax anyway."""
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to sample. ``temperature == 0`` is greedy; ``seed`` makes sampling reproducible."""
+    """How to sample. ``temperature`` below :data:`GREEDY_BELOW` (0 included) is greedy;
+    ``seed`` makes sampling reproducible."""
 
     max_tokens: int
     n: int = 1
@@ -26,6 +33,17 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_BELOW
+
+    def normalized(self) -> SamplingParams:
+        """The same request with a greedy temperature written as 0 (engines and upstream
+        servers then never see a subnormal temperature)."""
+        if self.greedy and self.temperature != 0.0:
+            return replace(self, temperature=0.0)
+        return self
 
 
 @dataclass

@@ -107,6 +107,11 @@ class _Row:
     logprobs: list[float] = field(default_factory=list)
     sampled: int = 0
     completion: Completion | None = None
+    error: ServiceError | None = None  # this row's own failure; the batch goes on without it
+
+    @property
+    def done(self) -> bool:
+        return self.completion is not None or self.error is not None
 
 
 @dataclass(eq=False)
@@ -169,7 +174,7 @@ class TransformersEngine:
         self._wake = asyncio.Event()
         self._started = False
         self._closed = False
-        self._failed = False
+        self.fatal: str | None = None  # why the engine can no longer serve (reload it)
 
     # ----------------------------------------------------------------------------------------
     # Lifecycle
@@ -267,7 +272,7 @@ class TransformersEngine:
     def healthy(self) -> bool:
         """False before start, after close, and after a model failure (torch runtime error or
         out-of-memory) until a later model call succeeds."""
-        return self._started and not self._closed and not self._failed
+        return self._started and not self._closed and self.fatal is None
 
     # ----------------------------------------------------------------------------------------
     # Worker thread plumbing
@@ -291,26 +296,25 @@ class TransformersEngine:
             raise
 
     def _guarded(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run model work; a failure fails the call (503), and only a failure that leaves the
+        engine unusable (out of memory, a CUDA error) marks it :attr:`fatal`."""
         if self._closed or self._model is None:
             raise EngineError("engine closed")
         try:
             with torch.inference_mode():
-                result = fn(*args)
+                return fn(*args)
         except ServiceError:
             raise
         except Exception as exc:
-            fatal = isinstance(exc, RuntimeError | MemoryError)
-            if fatal:
-                self._failed = True
+            message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            if _is_fatal(exc):
+                self.fatal = f"{type(exc).__name__}: {message}"
                 if self._device.startswith("cuda"):
                     torch.cuda.empty_cache()
-            logger.exception("model call %s failed (fatal=%s)", fn.__name__, fatal)
-            message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            logger.exception("model call %s failed (fatal=%s)", fn.__name__, self.fatal is not None)
             raise EngineError(
                 f"model failure in {fn.__name__}: {type(exc).__name__}: {message}"
             ) from exc
-        self._failed = False
-        return result
 
     def _hook(self, hook: Callable[[str, int], None] | None, kind: str, n: int) -> None:
         if hook is None:
@@ -351,7 +355,12 @@ class TransformersEngine:
     def _deliver(self, rows: list[_Row]) -> None:
         for row in rows:
             req = row.req
-            if req.future.done() or row.completion is None:
+            if req.future.done():
+                continue
+            if row.error is not None:
+                req.future.set_exception(row.error)
+                continue
+            if row.completion is None:
                 continue
             req.results[row.index] = row.completion
             req.remaining -= 1
@@ -492,7 +501,7 @@ class TransformersEngine:
             mergeable=mergeable,
         )
         finished = self._sample_into(new, logits)
-        going = self._prune(new, [i for i, r in enumerate(new.rows) if r.completion is not None])
+        going = self._prune(new, [i for i, r in enumerate(new.rows) if r.done])
         if going is None:
             return batch, finished
         if batch is None:
@@ -534,17 +543,26 @@ class TransformersEngine:
         batch.cache = out.past_key_values
         batch.positions = batch.positions + 1
         finished = self._sample_into(batch, out.logits[:, -1, :].float())
-        done = [i for i, r in enumerate(batch.rows) if r.completion is not None]
+        done = [i for i, r in enumerate(batch.rows) if r.done]
         return self._prune(batch, done), finished
 
     def _sample_into(self, batch: _Batch, logits: torch.Tensor) -> list[_Row]:
         """Sample each row's next token from float32 ``logits`` [rows, vocab], record it,
-        and set ``batch.last``. Returns the rows that finished."""
+        and set ``batch.last``. Returns the rows that finished, a row whose sampling failed
+        among them (with its error): one row's failure never stops the others."""
         logprobs = torch.log_softmax(logits, dim=-1)
         finished: list[_Row] = []
         nxt: list[int] = []
         for i, row in enumerate(batch.rows):
-            token = self._sample(logits[i], row)
+            try:
+                token = self._sample(logits[i], row)
+            except Exception as exc:
+                logger.exception("sampling failed for one row")
+                row.error = EngineError(f"sampling failed: {type(exc).__name__}: {exc}")
+            if row.error is not None:
+                nxt.append(self._pad_id)
+                finished.append(row)
+                continue
             nxt.append(token)
             if self._push(row, token, float(logprobs[i, token])):
                 finished.append(row)
@@ -552,14 +570,22 @@ class TransformersEngine:
         return finished
 
     def _sample(self, logits: torch.Tensor, row: _Row) -> int:
+        """One token from one row's float32 logits. Safe for every accepted parameter: the
+        logits are shifted so their maximum is 0 before the temperature divides them (no
+        overflow for any temperature; below GREEDY_BELOW it is the argmax), and top-p keeps
+        at least the most likely token. Logits that are not numbers fail the row."""
         params = row.req.params
-        if params.temperature <= 0:
+        if torch.isnan(logits).any() or not torch.isfinite(logits).any():
+            row.error = EngineError("the model produced logits that are not numbers")
+            return 0
+        if params.greedy:
             return int(torch.argmax(logits))
-        probs = torch.softmax(logits / params.temperature, dim=-1)
+        probs = torch.softmax((logits - logits.max()) / params.temperature, dim=-1)
         if params.top_p < 1.0:
             sorted_p, order = torch.sort(probs, descending=True)
             # Keep the smallest set of most likely tokens whose mass reaches top_p.
             keep = (torch.cumsum(sorted_p, dim=0) - sorted_p) < params.top_p
+            keep[0] = True  # a top_p below float32's range compares as 0
             choice = torch.multinomial(sorted_p * keep, 1, generator=row.generator)
             return int(order[choice])
         return int(torch.multinomial(probs, 1, generator=row.generator))
@@ -908,6 +934,17 @@ class TransformersEngine:
         if current:
             chunks.append(current)
         return chunks
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    """Whether a failure leaves the engine unusable (rather than failing one call): memory
+    exhausted, or a CUDA error, after which the device state cannot be trusted."""
+    if isinstance(exc, MemoryError | torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        marker in text for marker in ("CUDA", "CUBLAS", "cuDNN", "out of memory", "device-side")
+    )
 
 
 def configure_threads(threads: int) -> int:

@@ -231,6 +231,19 @@ class VllmEngine:
             del engine, handler
             gc.collect()
 
+    @property
+    def fatal(self) -> str | None:
+        """Why the engine can no longer serve: its engine process died."""
+        if self._dead:
+            return "the vLLM engine died"
+        if self._started and not self._closed and self._engine is not None:
+            try:
+                if self._engine.errored:
+                    return "the vLLM engine reports an error"
+            except Exception:
+                return "the vLLM engine cannot be reached"
+        return None
+
     def healthy(self) -> bool:
         """False before start, after close, and once vLLM's engine process has died."""
         if not self._started or self._closed or self._dead or self._engine is None:
