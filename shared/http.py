@@ -7,7 +7,7 @@ import hmac
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -22,12 +22,42 @@ from prometheus_client import (
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.errors import ServiceError, Unauthorized
+from shared.errors import ErrorBody, ServiceError, Unauthorized
 from shared.logging import REQUEST_ID_HEADER, request_id_var
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["REQUEST_ID_HEADER", "HttpMetrics", "install_error_handlers", "install_middleware"]
+__all__ = [
+    "REQUEST_ID_HEADER",
+    "HttpMetrics",
+    "error_responses",
+    "install_error_handlers",
+    "install_middleware",
+]
+
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    401: "Missing or invalid bearer token (where the service requires one).",
+    403: "Not allowed here.",
+    404: "Not found.",
+    409: "Conflicts with the current state.",
+    413: "Larger than the upload limit.",
+    422: "A field is wrong (`error.field` names it), or the body is not UTF-8 JSON "
+    "(`field: body`).",
+    503: "A dependency is down or not ready.",
+    504: "An upstream call timed out.",
+}
+
+
+def error_responses(
+    *statuses: int, notes: Mapping[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route that may answer these error statuses, each with the
+    shared envelope as its schema; ``notes`` replace the generic descriptions."""
+    notes = notes or {}
+    return {
+        status: {"model": ErrorBody, "description": notes.get(status, ERROR_DESCRIPTIONS[status])}
+        for status in statuses
+    }
 
 
 def request_id(request: Request) -> str | None:
