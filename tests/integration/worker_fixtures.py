@@ -225,11 +225,16 @@ def jobs_env(
 
     artifacts = tmp_path_factory.mktemp("artifacts")
     logs = tmp_path_factory.mktemp("worker-logs")
-    settings = JobStoreSettings(redis_url=redis_server.url, artifacts_dir=artifacts)
+    # jobs read the tests' own files (under pytest's temporary root) and the shipped samples
+    data_dirs = [artifacts, tmp_path_factory.getbasetemp(), SAMPLE_CORPUS.parent]
+    settings = JobStoreSettings(
+        redis_url=redis_server.url, artifacts_dir=artifacts, data_dirs=data_dirs
+    )
     api = _ApiServer(settings)
     worker_env = {
         "WORKER_REDIS_URL": redis_server.url,
         "WORKER_ARTIFACTS_DIR": str(artifacts),
+        "WORKER_DATA_DIRS": ",".join(str(d) for d in data_dirs),
         "WORKER_SHARD_SIZE": "4",
         "WORKER_LEASE_S": "3",
         "WORKER_POLL_DELAY_S": "0.2",
