@@ -59,6 +59,12 @@ class GatewaySettings(CommonSettings, JobStoreSettings):
     queue_timeout_s: float = Field(
         default=30.0, gt=0, description="How long a request waits for a slot before a 503."
     )
+    max_upload_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=1,
+        description="Largest file accepted by `POST /v1/files` (413 beyond; default 512 MiB). "
+        "Uploads are kept under `<artifacts>/_files`.",
+    )
     served_model_name: str = Field(
         default="rationalyst",
         description="Model name of the OpenAI-compatible endpoint (/v1/models lists it).",

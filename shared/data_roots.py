@@ -103,7 +103,10 @@ class DataRoots:
             raise OutsideDataRoots(f"{raw!r} is not a path")
         path = Path(raw).expanduser()
         if ".." in path.parts:
-            raise OutsideDataRoots(f"{raw!r}: '..' is not allowed in input paths")
+            raise OutsideDataRoots(
+                f"{raw!r}: '..' is not allowed; jobs read only inside the data roots "
+                f"{self.describe()}"
+            )
         if not path.is_absolute():
             path = self.dirs[0] / path
         path = Path(os.path.normpath(path))

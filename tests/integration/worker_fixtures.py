@@ -108,13 +108,14 @@ class WorkerProcess:
 
 
 class _ApiServer:
-    """The job and registry routers in a small app on a background thread (uvicorn, its own
-    event loop)."""
+    """The job, files and registry routers in a small app on a background thread (uvicorn,
+    its own event loop)."""
 
     def __init__(self, settings: Any) -> None:
         import uvicorn
         from fastapi import FastAPI
 
+        from gateway.files import create_files_router
         from gateway.jobs import create_jobs_router
         from gateway.registry import create_registry_router
         from shared.http import install_error_handlers
@@ -122,6 +123,7 @@ class _ApiServer:
         app = FastAPI()
         install_error_handlers(app)
         app.include_router(create_jobs_router(settings))
+        app.include_router(create_files_router(settings, max_upload_bytes=1 << 20))
         app.include_router(create_registry_router(settings))
         self.port = free_port()
         config = uvicorn.Config(
@@ -179,6 +181,12 @@ class JobsEnv:
         for w in self.workers:
             w.stop()
         self.workers.clear()
+
+    def upload(self, name: str, content: bytes) -> str:
+        """POST /v1/files; the new file's id."""
+        r = self.http.post("/v1/files", files={"file": (name, content)})
+        assert r.status_code == 200, r.text
+        return str(r.json()["id"])
 
     def submit(self, spec: dict[str, Any]) -> str:
         r = self.http.post("/v1/jobs", json=spec)
