@@ -21,6 +21,7 @@ from shared.gateway_schemas import (
     SelectRequest,
     SelectResponse,
 )
+from shared.http import error_responses
 from shared.openai_schemas import ModelCard, ModelList
 
 router = APIRouter()
@@ -28,6 +29,17 @@ router = APIRouter()
 _STREAM: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/event-stream": {}}, "description": "With `stream: true`."}
 }
+_SEARCH = error_responses(
+    401,
+    422,
+    503,
+    504,
+    notes={
+        503: "A model service is down (the agent; others with `strict: true`), or the "
+        "gateway is busy.",
+        504: "A model service timed out.",
+    },
+)
 
 
 def _json(model: BaseModel) -> Response:
@@ -49,13 +61,13 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready")
+@router.get("/ready", responses=error_responses(503, notes={503: "A model service is not ready."}))
 async def ready(state: StateDep) -> dict[str, Any]:
     """200 when the three model services are ready; 503 naming those that are not."""
     return await handlers.readiness(state)
 
 
-@router.post("/v1/reason", response_model=ReasonResponse, responses=_STREAM)
+@router.post("/v1/reason", response_model=ReasonResponse, responses={**_STREAM, **_SEARCH})
 async def reason(req: ReasonRequest, state: StateDep, rid: RequestIdDep) -> Response:
     """Solve a question step by step, each step chosen by process supervision."""
     if req.stream:
@@ -64,13 +76,15 @@ async def reason(req: ReasonRequest, state: StateDep, rid: RequestIdDep) -> Resp
     return _json(await handlers.reason(state, req, rid))
 
 
-@router.post("/v1/select", response_model=SelectResponse)
+@router.post("/v1/select", response_model=SelectResponse, responses=_SEARCH)
 async def select(req: SelectRequest, state: StateDep, rid: RequestIdDep) -> Response:
     """Rank caller-supplied candidate next steps of a trajectory."""
     return _json(await handlers.select(state, req, rid))
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletion, responses=_STREAM)
+@router.post(
+    "/v1/chat/completions", response_model=ChatCompletion, responses={**_STREAM, **_SEARCH}
+)
 async def chat_completions(req: GatewayChatRequest, state: StateDep, rid: RequestIdDep) -> Response:
     """OpenAI-compatible guided reasoning; extra body fields choose the search."""
     if req.stream:
@@ -79,7 +93,7 @@ async def chat_completions(req: GatewayChatRequest, state: StateDep, rid: Reques
     return _json(await handlers.chat_completion(state, req, rid))
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses=error_responses(401))
 async def models(state: StateDep) -> ModelList:
     """The guided-reasoning model this gateway serves."""
     return ModelList(
