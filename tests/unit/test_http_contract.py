@@ -1,10 +1,12 @@
-"""What every route of the gateway and the model service documents: its error statuses in
-OpenAPI, with the shared envelope as their schema."""
+"""What every route of the gateway and the model service documents and answers: its error
+statuses in OpenAPI with the shared envelope as their schema, and the envelope (field `body`)
+for bodies that are not UTF-8, not JSON or not a JSON object."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
 
@@ -120,3 +122,54 @@ def test_error_envelope_matches_its_schema() -> None:
     for exc in (InvalidRequest("x: bad", field="x"), ServiceUnavailable("down")):
         body = ErrorBody.model_validate(exc.body("rid-1"))
         assert body.error.request_id == "rid-1"
+
+
+# -- bodies that are not JSON objects ----------------------------------------------------------
+
+BAD_BODIES: list[tuple[bytes, str | None, str]] = [
+    (b'{"question": "\xff\xfe"}', "application/json", "not valid UTF-8"),
+    (b"\xc3\x28", "application/json", "not valid UTF-8"),
+    (b'{"question": ', "application/json", "malformed JSON"),
+    (b"question=1", "application/json", "malformed JSON"),
+    (b'{"question": "x"}', "text/plain", "not JSON (Content-Type: text/plain)"),
+    (b'{"question": "x"}', None, "not JSON"),
+    (b"", "application/json", "empty"),
+    (b"[1, 2]", "application/json", "expected a JSON object, got an array"),
+    (b'"text"', "application/json", "expected a JSON object, got a string"),
+    (b"42", "application/json", "expected a JSON object, got a number"),
+]
+
+
+async def check_bad_bodies(client: httpx.AsyncClient, path: str) -> None:
+    for content, content_type, says in BAD_BODIES:
+        headers = {"content-type": content_type} if content_type else {}
+        r = await client.post(path, content=content, headers={**headers, "X-Request-Id": "r1"})
+        assert r.status_code == 422, (path, content, r.text)
+        err = r.json()["error"]
+        assert err["type"] == "invalid_request", err
+        assert err["field"] == "body", err
+        assert err["message"].startswith("body: ") and says in err["message"], (content, err)
+        assert err["request_id"] == "r1"
+
+
+@pytest.mark.parametrize("path", ["/v1/reason", "/v1/select", "/v1/chat/completions", "/v1/jobs"])
+async def test_gateway_bad_bodies_get_the_envelope_naming_body(asgi_client, path: str) -> None:  # type: ignore[no-untyped-def]
+    settings = GatewaySettings(redis_url="redis://127.0.0.1:1/0", redis_timeout_s=0.5)
+    async with asgi_client(create_gateway(settings, clients=fake_upstreams())) as client:
+        await check_bad_bodies(client, path)
+
+
+@pytest.mark.parametrize("path", ["/v1/propose", "/v1/score", "/v1/chat/completions"])
+async def test_model_service_bad_bodies_get_the_envelope_naming_body(  # type: ignore[no-untyped-def]
+    fake_engine, asgi_client, path: str
+) -> None:
+    app = create_model_service(ModelServerSettings(role=Role.agent), engine=fake_engine)
+    async with asgi_client(app) as client:
+        await check_bad_bodies(client, path)
+
+
+async def test_a_field_error_inside_a_body_still_names_the_field(asgi_client) -> None:  # type: ignore[no-untyped-def]
+    async with asgi_client(gateway_app()) as client:
+        r = await client.post("/v1/reason", json={"question": ["not", "a", "string"]})
+    assert r.status_code == 422
+    assert r.json()["error"]["field"] == "question"
