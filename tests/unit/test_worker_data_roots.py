@@ -242,3 +242,45 @@ def test_worker_submit_accepts_inputs_inside_and_uploaded_files(tree: Path) -> N
     upload = s.files.create(io.BytesIO(b"{}\n"), filename="x.jsonl", purpose="p", max_bytes=9)
     s.check_inputs(job(input={"paths": ["a.jsonl", "docs/*.jsonl"], "file_id": upload.id}))
     s.check_inputs(job("train_rationalyst", data={"train": [str(tree / "root" / "a.jsonl")]}))
+
+
+def test_worker_stages_read_where_their_inputs_come_from(tmp_path: Path) -> None:
+    """Stage 0 reads the job's own inputs (data roots, uploads); later stages and a training
+    job's data.job read only under the artifacts root, where the worker wrote them."""
+    from types import SimpleNamespace
+
+    from services.worker.runner import JobRunner
+    from services.worker.settings import WorkerSettings
+
+    settings = WorkerSettings(artifacts_dir=tmp_path / "art", data_dirs=[tmp_path / "data"])
+    runner = JobRunner(SimpleNamespace(settings=settings, store=None))  # type: ignore[arg-type]
+    own = runner.input_access(job(input={"paths": ["x"]}), 0)
+    assert own.roots.dirs == (tmp_path / "data",) and own.files is not None
+    assert own.readable.dirs == (tmp_path / "data", tmp_path / "art" / "_files")
+    for spec, k in ((job("rationale_pipeline", input={"paths": ["x"]}), 1),
+                    (job("train_rationalyst", data={"job": "job-1"}), 0)):  # fmt: skip
+        access = runner.input_access(spec, k)
+        assert access.roots.dirs == (tmp_path / "art",) and access.files is None
+    training = runner.input_access(job("train_rationalyst", data={"train": ["a.jsonl"]}), 0)
+    assert training.roots.dirs == (tmp_path / "data",)
+
+
+def test_worker_training_files_are_resolved_and_checked(tree: Path) -> None:
+    from services.worker.settings import WorkerSettings
+    from services.worker.stages import build_stage
+    from shared.job_schemas import JobKind
+
+    settings = WorkerSettings(artifacts_dir=tree / "art", data_dirs=[tree / "root"])
+    (tree / "root" / "link.jsonl").symlink_to(tree / "root" / "a.jsonl")
+
+    def files(**data: object) -> dict[str, object]:
+        stage = build_stage(job("train_rationalyst", data=data), JobKind.train_rationalyst)
+        return stage._files(settings)  # type: ignore[attr-defined,no-any-return]
+
+    got = files(train=["link.jsonl"], dev=["docs"])
+    assert got == {
+        "train_files": [str(tree / "root" / "a.jsonl")],
+        "dev_files": [str(tree / "root" / "docs" / "b.jsonl")],
+    }
+    with pytest.raises(InputError, match=r"^data.dev: .*outside the data roots"):
+        files(train=["a.jsonl"], dev=[str(tree / "outside" / "secret.jsonl")])
