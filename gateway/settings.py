@@ -13,7 +13,8 @@ from shared.settings import CommonSettings
 
 class GatewaySettings(CommonSettings, JobStoreSettings):
     """The public reasoning API in front of the three model services, and the job API
-    (``redis_url``, ``artifacts_dir`` and ``queue_name`` must match the workers')."""
+    (``redis_url``, ``artifacts_dir``, ``queue_name`` and ``data_dirs`` must match the
+    workers')."""
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
 
