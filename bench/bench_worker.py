@@ -170,7 +170,8 @@ def main() -> None:
         wait_ready(scorers, timeout_s=900)
         a, b = (s.url for s in scorers)
         triples = make_triples(args.triples)
-        path = tmp / "triples.jsonl"
+        path = tmp / "artifacts" / "triples.jsonl"  # inside the default data roots
+        path.parent.mkdir()
         path.write_text("".join(json.dumps(t) + "\n" for t in triples))
         asyncio.run(raw_run(a, triples[:4], in_flight))  # warm-up
         asyncio.run(raw_run(b, triples[:4], in_flight))

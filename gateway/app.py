@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from gateway.files import create_files_router
 from gateway.jobs import create_jobs_router
 from gateway.metrics import GatewayMetrics
 from gateway.registry import create_registry_router
@@ -77,5 +78,6 @@ def create_app(
     )
     app.include_router(router)
     app.include_router(create_jobs_router(settings, store=job_store))
+    app.include_router(create_files_router(settings, max_upload_bytes=settings.max_upload_bytes))
     app.include_router(create_registry_router(settings))
     return app

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse
 
 from shared.errors import NotFound, ServiceUnavailable
+from shared.http import error_responses
 from shared.job_schemas import ArtifactList, JobList, JobSpec, JobState, JobStatus
 from shared.jobs_store import JobStore, JobStoreSettings, check_job_id
 
@@ -29,6 +30,17 @@ MEDIA_TYPES = {
     ".json": "application/json",
     ".txt": "text/plain; charset=utf-8",
 }
+
+
+_NOTES = {
+    404: "No such job (or artifact).",
+    409: "The job exists already, or has already finished.",
+    503: "The job store (Redis) is unreachable.",
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return error_responses(*statuses, notes=_NOTES)
 
 
 def get_job_store(request: Request) -> JobStore:
@@ -63,12 +75,12 @@ def create_jobs_router(
 
     router = APIRouter(prefix="/v1/jobs", tags=["jobs"], lifespan=lifespan)
 
-    @router.post("", status_code=202)
+    @router.post("", status_code=202, responses=_errors(401, 409, 422, 503))
     async def submit(spec: JobSpec, jobs: JobStoreDep) -> JobStatus:
         """Submit a job (prefilter, extract, filter, sft_data, rationale_pipeline)."""
         return await jobs.create(spec)
 
-    @router.get("")
+    @router.get("", responses=_errors(401, 422, 503))
     async def list_jobs(
         jobs: JobStoreDep,
         state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
@@ -77,17 +89,17 @@ def create_jobs_router(
         """List jobs, newest first."""
         return JobList(jobs=await jobs.list_jobs(limit=limit, state=state))
 
-    @router.get("/{job_id}")
+    @router.get("/{job_id}", responses=_errors(401, 404, 422, 503))
     async def get_job(job_id: str, jobs: JobStoreDep) -> JobStatus:
         """A job's state, progress, counts, sampled errors, timings and outputs."""
         return await jobs.get(job_id)
 
-    @router.post("/{job_id}/cancel")
+    @router.post("/{job_id}/cancel", responses=_errors(401, 404, 409, 422, 503))
     async def cancel_job(job_id: str, jobs: JobStoreDep) -> JobStatus:
         """Cancel a job; running shards stop at their next record."""
         return await jobs.cancel(job_id)
 
-    @router.get("/{job_id}/artifacts")
+    @router.get("/{job_id}/artifacts", responses=_errors(401, 404, 422, 503))
     async def list_artifacts(job_id: str, jobs: JobStoreDep) -> ArtifactList:
         """Every file of a job (names to download)."""
         check_job_id(job_id)
@@ -96,7 +108,14 @@ def create_jobs_router(
             await jobs.get(job_id)  # 404 for an unknown job, [] for one not started yet
         return ArtifactList(job_id=job_id, artifacts=artifacts)
 
-    @router.get("/{job_id}/artifacts/{name:path}")
+    @router.get(
+        "/{job_id}/artifacts/{name:path}",
+        response_class=FileResponse,
+        responses={
+            200: {"content": {"application/octet-stream": {}}, "description": "The file."},
+            **_errors(401, 404, 422, 503),
+        },
+    )
     async def download_artifact(job_id: str, name: str, jobs: JobStoreDep) -> FileResponse:
         """Download one file of a job (a name from the artifact list)."""
         path = jobs.artifact_path(job_id, name)

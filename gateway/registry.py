@@ -11,6 +11,7 @@ import asyncio
 
 from fastapi import APIRouter
 
+from shared.http import error_responses
 from shared.jobs_store import JobStoreSettings
 from shared.model_registry import ModelRegistry, RegisteredModel
 from shared.schemas import Strict
@@ -25,12 +26,14 @@ def create_registry_router(settings: JobStoreSettings) -> APIRouter:
     registry = ModelRegistry(settings.artifacts_dir)
     router = APIRouter(prefix="/v1/registry", tags=["registry"])
 
-    @router.get("/models")
+    @router.get("/models", responses=error_responses(401))
     async def list_models() -> RegisteredModelList:
         """Trained models, newest first."""
         return RegisteredModelList(models=await asyncio.to_thread(registry.list))
 
-    @router.get("/models/{name}")
+    @router.get(
+        "/models/{name}", responses=error_responses(401, 404, 422, notes={404: "No such model."})
+    )
     async def get_model(name: str) -> RegisteredModel:
         """One trained model: base, data, metrics, folder."""
         return await asyncio.to_thread(registry.get, name)

@@ -22,7 +22,7 @@ from shared.gateway_schemas import (
     SelectRequest,
     SelectResponse,
 )
-from shared.http import on_close
+from shared.http import error_responses, on_close
 from shared.openai_schemas import ModelCard, ModelList
 
 router = APIRouter()
@@ -30,6 +30,18 @@ router = APIRouter()
 _STREAM: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/event-stream": {}}, "description": "With `stream: true`."}
 }
+_SEARCH = error_responses(
+    401,
+    422,
+    503,
+    504,
+    notes={
+        503: "A model service is down (the agent; others with `strict: true`), or the "
+        "gateway is busy.",
+        504: "A model service timed out.",
+    },
+)
+_CANCEL = error_responses(401, 404, notes={404: "No search with this id is running."})
 
 
 def _json(model: BaseModel) -> Response:
@@ -54,13 +66,13 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready")
+@router.get("/ready", responses=error_responses(503, notes={503: "A model service is not ready."}))
 async def ready(state: StateDep) -> dict[str, Any]:
     """200 when the three model services are ready; 503 naming those that are not."""
     return await handlers.readiness(state)
 
 
-@router.post("/v1/reason", response_model=ReasonResponse, responses=_STREAM)
+@router.post("/v1/reason", response_model=ReasonResponse, responses={**_STREAM, **_SEARCH})
 async def reason(
     req: ReasonRequest, state: StateDep, rid: RequestIdDep, request: Request
 ) -> Response:
@@ -71,19 +83,21 @@ async def reason(
     return _json(await handlers.reason(state, req, rid))
 
 
-@router.post("/v1/reason/{search_id}/cancel", response_model=CancelResponse)
+@router.post("/v1/reason/{search_id}/cancel", response_model=CancelResponse, responses=_CANCEL)
 async def cancel_reason(search_id: str, state: StateDep) -> CancelResponse:
     """Cancel a running search by its id (the response's `id`, its X-Request-Id)."""
     return handlers.cancel(state, search_id)
 
 
-@router.post("/v1/select", response_model=SelectResponse)
+@router.post("/v1/select", response_model=SelectResponse, responses=_SEARCH)
 async def select(req: SelectRequest, state: StateDep, rid: RequestIdDep) -> Response:
     """Rank caller-supplied candidate next steps of a trajectory."""
     return _json(await handlers.select(state, req, rid))
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletion, responses=_STREAM)
+@router.post(
+    "/v1/chat/completions", response_model=ChatCompletion, responses={**_STREAM, **_SEARCH}
+)
 async def chat_completions(
     req: GatewayChatRequest, state: StateDep, rid: RequestIdDep, request: Request
 ) -> Response:
@@ -94,13 +108,17 @@ async def chat_completions(
     return _json(await handlers.chat_completion(state, req, rid))
 
 
-@router.post("/v1/chat/completions/{completion_id}/cancel", response_model=CancelResponse)
+@router.post(
+    "/v1/chat/completions/{completion_id}/cancel",
+    response_model=CancelResponse,
+    responses=_CANCEL,
+)
 async def cancel_chat_completion(completion_id: str, state: StateDep) -> CancelResponse:
     """Cancel a running chat completion by its id (`chatcmpl-<request id>`)."""
     return handlers.cancel(state, completion_id)
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses=error_responses(401))
 async def models(state: StateDep) -> ModelList:
     """The guided-reasoning model this gateway serves."""
     return ModelList(

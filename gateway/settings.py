@@ -13,7 +13,8 @@ from shared.settings import CommonSettings
 
 class GatewaySettings(CommonSettings, JobStoreSettings):
     """The public reasoning API in front of the three model services, and the job API
-    (``redis_url``, ``artifacts_dir`` and ``queue_name`` must match the workers')."""
+    (``redis_url``, ``artifacts_dir``, ``queue_name`` and ``data_dirs`` must match the
+    workers')."""
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
 
@@ -70,6 +71,12 @@ class GatewaySettings(CommonSettings, JobStoreSettings):
         default=30.0,
         gt=0,
         description="How long a request waits for a slot before a 503 with Retry-After.",
+    )
+    max_upload_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=1,
+        description="Largest file accepted by `POST /v1/files` (413 beyond; default 512 MiB). "
+        "Uploads are kept under `<artifacts>/_files`.",
     )
     served_model_name: str = Field(
         default="rationalyst",

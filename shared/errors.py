@@ -3,11 +3,41 @@
 Servers raise these; :func:`shared.http.install_error_handlers` maps them to the error
 envelope ``{"error": {"type", "message", "request_id", "field"}}``; clients map the envelope
 back to the same classes (:func:`from_body`). Nothing else decides an HTTP status.
+:class:`ErrorBody` is the envelope as a schema, for the OpenAPI documents.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong, in the shared vocabulary."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(
+        description="invalid_request, unauthorized, forbidden, not_found, conflict, "
+        "payload_too_large, service_unavailable, engine_error, timeout or internal_error.",
+        examples=["invalid_request"],
+    )
+    message: str = Field(description="For people; names the field or the dependency at fault.")
+    request_id: str | None = Field(description="The request's X-Request-Id.")
+    field: str | None = Field(
+        default=None,
+        description="The request field at fault (`body` for a body that is not UTF-8 JSON).",
+        examples=["input.paths"],
+    )
+
+
+class ErrorBody(BaseModel):
+    """The one error envelope of every service."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: ErrorDetail
 
 
 class ServiceError(Exception):
@@ -67,6 +97,13 @@ class Conflict(ServiceError):
     type = "conflict"
 
 
+class PayloadTooLarge(ServiceError):
+    """An upload (or request body) over the configured size limit."""
+
+    status = 413
+    type = "payload_too_large"
+
+
 class ServiceUnavailable(ServiceError):
     """A dependency is down or not ready (model not loaded, upstream unreachable)."""
 
@@ -98,6 +135,7 @@ _BY_TYPE: dict[str, type[ServiceError]] = {
         Forbidden,
         NotFound,
         Conflict,
+        PayloadTooLarge,
         ServiceUnavailable,
         EngineError,
         UpstreamTimeout,
@@ -111,6 +149,7 @@ _BY_STATUS: dict[int, type[ServiceError]] = {
     403: Forbidden,
     404: NotFound,
     409: Conflict,
+    413: PayloadTooLarge,
     503: ServiceUnavailable,
     504: UpstreamTimeout,
 }

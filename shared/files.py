@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import IO, Any
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):  # not every file system lets a folder be opened
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -43,7 +43,7 @@ def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -9,7 +9,7 @@ import hmac
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -26,7 +26,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.errors import ServiceError, Unauthorized
+from shared.errors import ErrorBody, InvalidRequest, ServiceError, Unauthorized
 from shared.logging import REQUEST_ID_HEADER, request_id_var
 
 logger = logging.getLogger(__name__)
@@ -35,9 +35,34 @@ __all__ = [
     "REQUEST_ID_HEADER",
     "HttpMetrics",
     "RequestMiddleware",
+    "error_responses",
     "install_error_handlers",
     "install_middleware",
 ]
+
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    401: "Missing or invalid bearer token (where the service requires one).",
+    403: "Not allowed here.",
+    404: "Not found.",
+    409: "Conflicts with the current state.",
+    413: "Larger than the upload limit.",
+    422: "A field is wrong (`error.field` names it), or the body is not UTF-8 JSON "
+    "(`field: body`).",
+    503: "A dependency is down or not ready.",
+    504: "An upstream call timed out.",
+}
+
+
+def error_responses(
+    *statuses: int, notes: Mapping[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route that may answer these error statuses, each with the
+    shared envelope as its schema; ``notes`` replace the generic descriptions."""
+    notes = notes or {}
+    return {
+        status: {"model": ErrorBody, "description": notes.get(status, ERROR_DESCRIPTIONS[status])}
+        for status in statuses
+    }
 
 
 def request_id(request: Request) -> str | None:
@@ -63,8 +88,41 @@ def _field_of(loc: Iterable[object]) -> str:
     return out or "body"
 
 
+_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean"}  # fmt: skip
+
+
+def _body_problem(first: dict[str, Any], request: Request) -> str | None:
+    """What is wrong with a body that is not a JSON object at all, in words; None when the
+    error is about a field inside the body."""
+    loc, kind = tuple(first.get("loc", ())), first.get("type")
+    if kind == "json_invalid":
+        where = f" at character {loc[1]}" if len(loc) > 1 and isinstance(loc[1], int) else ""
+        return f"malformed JSON: {first.get('ctx', {}).get('error', 'cannot be parsed')}{where}"
+    if loc != ("body",):
+        return None
+    value = first.get("input")
+    if kind == "missing":
+        return "empty; expected a JSON object"
+    if isinstance(value, bytes | bytearray):  # a Content-Type that is not JSON: left unparsed
+        given = request.headers.get("content-type") or "missing"
+        return f"not JSON (Content-Type: {given}); send a JSON object as application/json"
+    if value is None or type(value) in _JSON_TYPES:
+        shown = "null" if value is None else _JSON_TYPES[type(value)]
+        return f"expected a JSON object, got {shown}"
+    return None
+
+
+def _unparsable_body(exc: BaseException | None) -> str:
+    """Why FastAPI could not parse a body (it raises a bare 400 from the decoding error)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not valid UTF-8 ({exc.reason} at byte {exc.start}); send JSON encoded as UTF-8"
+    return f"cannot be parsed ({type(exc).__name__ if exc else 'unknown error'})"
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Map every failure to the shared envelope; no stack trace leaves the process."""
+    """Map every failure to the shared envelope; no stack trace leaves the process. A body
+    that is not UTF-8, not JSON or not a JSON object is a 422 naming ``body``."""
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
@@ -78,8 +136,9 @@ def install_error_handlers(app: FastAPI) -> None:
         first: dict[str, Any] = dict(errors[0]) if errors else {"loc": ("body",)}
         field = _field_of(first.get("loc", ()))
         msg = first.get("msg", "invalid value")
-        if first.get("type") == "json_invalid":
-            field, msg = "body", "malformed JSON: " + str(first.get("ctx", {}).get("error", msg))
+        problem = _body_problem(first, request)
+        if problem is not None:
+            field, msg = "body", problem
         message = f"{field}: {msg}"
         if len(errors) > 1:
             message += f" (and {len(errors) - 1} more error(s))"
@@ -95,6 +154,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI's body decoding
+            problem = InvalidRequest(f"body: {_unparsable_body(exc.__cause__)}", field="body")
+            return error_response(problem, request)
         kind = {
             401: "unauthorized",
             403: "forbidden",

@@ -17,6 +17,9 @@ from shared.schemas import NonEmptyStr, Strict
 JOB_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 """Job ids are also folder names under the artifacts root: no dots, no slashes."""
 
+FILE_ID_PATTERN = r"^file-[A-Za-z0-9]{1,64}$"
+"""Ids of uploaded files (``POST /v1/files``), also folder names under ``<artifacts>/_files``."""
+
 
 class JobKind(StrEnum):
     prefilter = "prefilter"
@@ -49,12 +52,23 @@ class InputFormat(StrEnum):
 
 
 class InputSpec(Strict):
-    """Where a job's records come from. Read as a stream: inputs may be larger than memory."""
+    """Where a job's records come from: paths inside the data roots, uploaded files, or both.
+    Read as a stream: inputs may be larger than memory."""
 
-    paths: list[NonEmptyStr] = Field(
+    paths: list[NonEmptyStr] | None = Field(
+        default=None,
         min_length=1,
         description="Files, directories (searched recursively for .jsonl, .ndjson, .parquet, "
-        ".txt, .md) or glob patterns (`**` allowed), on the worker's file system.",
+        ".txt, .md) or glob patterns (`**` allowed) on the workers' file system, inside the "
+        "data roots (setting `data_dirs`); a relative path is relative to the first root.",
+    )
+    file_id: str | None = Field(
+        default=None,
+        pattern=FILE_ID_PATTERN,
+        description="An uploaded file (`POST /v1/files`), read after the paths.",
+    )
+    file_ids: list[Annotated[str, Field(pattern=FILE_ID_PATTERN)]] | None = Field(
+        default=None, min_length=1, description="Uploaded files, read after `file_id`."
     )
     format: InputFormat = Field(default=InputFormat.auto, description="Format of every file.")
     text_field: NonEmptyStr = Field(
@@ -77,6 +91,20 @@ class InputSpec(Strict):
         if v == "":
             raise ValueError("separator must not be empty (use null for one document per file)")
         return v
+
+    @model_validator(mode="after")
+    def _some_source(self) -> Self:
+        if self.paths is None and self.file_id is None and self.file_ids is None:
+            raise ValueError("give input.paths, input.file_id or input.file_ids")
+        return self
+
+    def all_file_ids(self) -> list[str]:
+        """``file_id`` then ``file_ids``, in order."""
+        return ([self.file_id] if self.file_id else []) + list(self.file_ids or [])
+
+    def describe(self) -> str:
+        """The sources for messages: paths and file ids."""
+        return ", ".join([*(self.paths or []), *self.all_file_ids()])
 
 
 # --------------------------------------------------------------------------------------------
@@ -415,6 +443,40 @@ def stage_kinds(kind: JobKind | str) -> list[JobKind]:
     """The stages a job of this kind runs, in order."""
     kind = JobKind(kind)
     return list(STAGE_KINDS) if kind is JobKind.rationale_pipeline else [kind]
+
+
+def named_inputs(spec: Any) -> list[tuple[str, InputSpec]]:
+    """Every input a job spec names, with its field (``input``, ``reference.input``,
+    ``prefilter.reference.input``), for checks whose errors name the field."""
+    out: list[tuple[str, InputSpec]] = []
+    if isinstance(spec, JobCommon):
+        out.append(("input", spec.input))
+    if isinstance(spec, PrefilterSpec) and spec.reference.input is not None:
+        out.append(("reference.input", spec.reference.input))
+    if isinstance(spec, RationalePipelineSpec) and spec.prefilter.reference.input is not None:
+        out.append(("prefilter.reference.input", spec.prefilter.reference.input))
+    return out
+
+
+def named_paths(spec: Any) -> list[tuple[str, list[str]]]:
+    """Every list of file-system paths a job spec names, with its field (``input.paths``,
+    ``data.train``, ...)."""
+    out = [(f"{name}.paths", list(i.paths)) for name, i in named_inputs(spec) if i.paths]
+    if isinstance(spec, TrainRationalystSpec):
+        out += [(f"data.{k}", list(v)) for k, v in (("train", spec.data.train),
+                                                    ("dev", spec.data.dev)) if v]  # fmt: skip
+    return out
+
+
+def named_file_ids(spec: Any) -> list[tuple[str, str]]:
+    """Every uploaded file a job spec names, with its field (``input.file_id``,
+    ``input.file_ids[1]``, ...)."""
+    out: list[tuple[str, str]] = []
+    for name, i in named_inputs(spec):
+        if i.file_id:
+            out.append((f"{name}.file_id", i.file_id))
+        out += [(f"{name}.file_ids[{n}]", fid) for n, fid in enumerate(i.file_ids or [])]
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ Nothing here imports torch; redis errors become :class:`shared.errors.ServiceUna
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -25,15 +26,17 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import redis.exceptions
 from arq.connections import ArqRedis
-from pydantic import Field, TypeAdapter, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, TypeAdapter, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from redis.asyncio import ConnectionPool
 
+from shared.data_roots import DataRoots, OutsideDataRoots, default_data_dirs
 from shared.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
+from shared.file_store import FileStore
 from shared.job_schemas import (
     JOB_ID_PATTERN,
     LONG_RUNNING_KINDS,
@@ -50,6 +53,8 @@ from shared.job_schemas import (
     Timings,
     TrainingProgress,
     TrainRationalystSpec,
+    named_file_ids,
+    named_paths,
     stage_kinds,
 )
 from shared.model_registry import ModelRegistry
@@ -89,6 +94,27 @@ class JobStoreSettings(BaseSettings):
     redis_timeout_s: float = Field(
         default=5.0, gt=0, description="Connect and socket timeout of each Redis call."
     )
+    data_dirs: Annotated[list[Path] | None, NoDecode] = Field(
+        default=None,
+        description="Comma-separated folders that jobs may read inputs from (`input.paths`, "
+        "`reference.input.paths`, `data.train`, `data.dev`); a relative input path is taken "
+        "relative to the first. Unset: the artifacts root and the sample data shipped with "
+        "the project (services/worker/sample_corpus). Gateway and workers must agree.",
+    )
+
+    @field_validator("data_dirs", mode="before")
+    @classmethod
+    def _split_dirs(cls, v: object) -> object:
+        if isinstance(v, str):
+            if v.strip().startswith("["):
+                v = json.loads(v)
+            else:
+                v = [d.strip() for d in v.split(",") if d.strip()]
+        return v or None
+
+    def data_roots(self) -> DataRoots:
+        """The folders job inputs must lie in (see :mod:`shared.data_roots`)."""
+        return DataRoots.of(self.data_dirs or default_data_dirs(self.artifacts_dir))
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,17 +257,33 @@ def _num(v: Any, cast: type = int) -> Any:
 class JobStore:
     """Typed access to job state. One per process; share it (it holds a connection pool)."""
 
-    def __init__(self, redis: ArqRedis, artifacts_dir: Path, *, redis_url: str = "") -> None:
+    def __init__(
+        self,
+        redis: ArqRedis,
+        artifacts_dir: Path,
+        *,
+        redis_url: str = "",
+        data_roots: DataRoots | None = None,
+    ) -> None:
+        """``data_roots``: where submitted jobs may read (default: the artifacts root and the
+        shipped sample data, as the ``data_dirs`` setting's default)."""
         # redis-py types async results as ``Awaitable[T] | T``; Any keeps call sites readable.
         self.redis: Any = redis
         self.artifacts_dir = Path(artifacts_dir).expanduser()
         self.redis_url = redis_url
+        self.data_roots = data_roots or DataRoots.of(default_data_dirs(self.artifacts_dir))
+        self.files = FileStore(self.artifacts_dir)
         self._shard_done = redis.register_script(_SHARD_DONE_LUA)
         self._set_if_active = redis.register_script(_SET_STATE_IF_ACTIVE_LUA)
 
     @classmethod
     def from_settings(cls, settings: JobStoreSettings) -> JobStore:
-        return cls(connect(settings), settings.artifacts_dir, redis_url=settings.redis_url)
+        return cls(
+            connect(settings),
+            settings.artifacts_dir,
+            redis_url=settings.redis_url,
+            data_roots=settings.data_roots(),
+        )
 
     async def aclose(self) -> None:
         await self.redis.aclose()
@@ -278,6 +320,7 @@ class JobStore:
         """Register a job and queue the planning of its first stage."""
         job_id = job_id or f"job-{uuid.uuid4().hex[:16]}"
         check_job_id(job_id)
+        await asyncio.to_thread(self.check_inputs, spec)
         if isinstance(spec, TrainRationalystSpec):
             await self.check_training_spec(spec)
         now = time.time()
@@ -302,6 +345,25 @@ class JobStore:
             await self.enqueue_plan(job_id, 0)
         logger.info("job %s created: %s", job_id, spec.kind.value)
         return await self.get(job_id)
+
+    def check_inputs(self, spec: Any) -> None:
+        """Reject at submit any input outside the data roots (422 naming the field, e.g.
+        ``input.paths``) and any uploaded file that does not exist (``input.file_id``). The
+        worker checks again before it reads: files may change in between."""
+        for field, paths in named_paths(spec):
+            for raw in paths:
+                try:
+                    self.data_roots.resolve(raw)
+                except OutsideDataRoots as exc:
+                    raise InvalidRequest(f"{field}: {exc}", field=field) from None
+        for field, file_id in named_file_ids(spec):
+            try:
+                self.files.content_path(file_id)
+            except NotFound:
+                raise InvalidRequest(
+                    f"{field}: no uploaded file {file_id!r} (POST /v1/files, GET /v1/files)",
+                    field=field,
+                ) from None
 
     async def check_training_spec(self, spec: TrainRationalystSpec) -> None:
         """Reject at submit what would fail at once: a data job that is unknown, unfinished,

@@ -90,3 +90,35 @@ class ModelList(BaseModel):
 
 def completion_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
+
+
+# --------------------------------------------------------------------------------------------
+# Files (OpenAI's Files API shape: the openai client's `files.*` calls work unchanged)
+
+
+class FileObject(Lenient):
+    """An uploaded file (``POST /v1/files``)."""
+
+    id: str = Field(description="`file-` and 24 hex digits; name it in a job's `input.file_id`.")
+    object: Literal["file"] = "file"
+    bytes: int = Field(ge=0, description="Size of the content.")
+    created_at: int = Field(description="Unix time of the upload.")
+    filename: str = Field(description="The name the file was uploaded with.")
+    purpose: str = Field(description="What it is for, as the uploader said (default user_data).")
+    status: Literal["processed"] = Field(
+        default="processed", description="Always processed: a file is usable once listed."
+    )
+
+
+class FileList(Lenient):
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool = False
+
+
+class FileDeleted(Lenient):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool = True

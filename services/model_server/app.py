@@ -17,7 +17,7 @@ from services.model_server.metrics import ModelMetrics
 from services.model_server.serving import EngineFactory, ServedModel
 from services.model_server.settings import ModelServerSettings
 from shared.errors import Forbidden
-from shared.http import install_error_handlers, install_middleware
+from shared.http import error_responses, install_error_handlers, install_middleware
 from shared.openai_schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from shared.schemas import (
     ProposeRequest,
@@ -48,6 +48,18 @@ async def get_service(request: Request) -> AsyncIterator[ModelService]:
 
 
 ServiceDep = Annotated[ModelService, Depends(get_service)]
+
+MODEL_ERRORS = error_responses(
+    401,
+    422,
+    503,
+    504,
+    notes={
+        503: "The model is not loaded yet, or the engine failed.",
+        504: "The request ran past MODEL_SERVER_REQUEST_TIMEOUT_S.",
+    },
+)
+"""The errors of every route that runs the model."""
 
 
 async def require_admin(request: Request) -> None:
@@ -99,37 +111,52 @@ def create_app(
         """Alive; 503 once the engine has failed beyond recovery (orchestrators restart it)."""
         return served.health()
 
-    @app.get("/ready")
+    @app.get("/ready", responses=error_responses(503, notes={503: "The model is not ready."}))
     async def ready() -> dict[str, Any]:
         """200 once the model is loaded and the engine healthy; 503 otherwise."""
         return served.ready()
 
-    @app.post("/admin/model", dependencies=[AdminDep])
+    @app.post(
+        "/admin/model",
+        dependencies=[AdminDep],
+        responses=error_responses(
+            401,
+            403,
+            409,
+            422,
+            503,
+            notes={
+                403: "The admin API is off (no internal token set).",
+                409: "Another switch is loading.",
+                503: "The new model failed to load (the old one keeps serving).",
+            },
+        ),
+    )
     async def switch_model(req: SwitchModelRequest) -> SwitchModelResponse:
         """Switch the served model: load the new one, swap, drain the old (internal token)."""
         return await served.switch(req.model)
 
-    @app.post("/v1/rationale")
+    @app.post("/v1/rationale", responses=MODEL_ERRORS)
     async def rationale(req: RationaleRequest, service: ServiceDep) -> RationaleResponse:
         """Write the implicit rationale for a trajectory (greedy by default)."""
         return await service.rationale(req)
 
-    @app.post("/v1/propose")
+    @app.post("/v1/propose", responses=MODEL_ERRORS)
     async def propose(req: ProposeRequest, service: ServiceDep) -> ProposeResponse:
         """Propose n candidate next steps for a trajectory."""
         return await service.propose(req)
 
-    @app.post("/v1/score")
+    @app.post("/v1/score", responses=MODEL_ERRORS)
     async def score(req: ScoreRequest, service: ServiceDep) -> ScoreResponse:
         """Score continuations of one context in one batched pass."""
         return await service.score(req)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=MODEL_ERRORS)
     async def completions(req: CompletionRequest, service: ServiceDep) -> JSONResponse:
         """OpenAI-compatible text completions (echo and logprobs; max_tokens 0 with echo)."""
         return JSONResponse(await service.completions(req))
 
-    @app.post("/v1/chat/completions", response_model=None)
+    @app.post("/v1/chat/completions", response_model=None, responses=MODEL_ERRORS)
     async def chat_completions(
         req: ChatCompletionRequest, service: ServiceDep
     ) -> JSONResponse | StreamingResponse:
@@ -139,7 +166,7 @@ def create_app(
             return JSONResponse(result)
         return StreamingResponse(_chat_chunks(result), media_type="text/event-stream")
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=error_responses(401))
     async def models() -> ModelList:
         """The one model this service serves, under its role's name."""
         return ModelList(data=[ModelCard(id=settings.name)])

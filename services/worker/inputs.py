@@ -6,6 +6,10 @@ positions; Parquet: row counts from the footer) and cuts them into shards of N r
 list of :class:`Segment` (file, first record, count, byte offset). A shard then reads only its
 own records: it seeks to its byte offset (JSONL, text) or reads only the row groups that hold
 its rows (Parquet).
+
+Every file is read through :class:`InputAccess`: named paths must lie inside the data roots
+(:mod:`shared.data_roots`), uploaded files are found by id, and each file is checked again as
+it is opened, right before reading.
 """
 
 from __future__ import annotations
@@ -16,9 +20,13 @@ import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from shared.data_roots import DataRoots, OutsideDataRoots, literal_part
+from shared.errors import NotFound
+from shared.file_store import FileStore
 from shared.job_schemas import InputFormat, InputSpec
+from shared.jobs_store import JobStoreSettings
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +42,47 @@ _CHUNK = 1 << 20
 
 class InputError(Exception):
     """The job's input is missing or unreadable: the job fails at once, without retries."""
+
+
+@dataclass(frozen=True)
+class InputAccess:
+    """What a stage may read: paths inside ``roots``, and uploaded files by id from ``files``
+    (None: ids are refused)."""
+
+    roots: DataRoots
+    files: FileStore | None = None
+
+    @classmethod
+    def of_jobs(cls, settings: JobStoreSettings) -> InputAccess:
+        """What a job's own inputs may name: paths inside the data roots, uploaded files."""
+        return cls(settings.data_roots(), FileStore(settings.artifacts_dir))
+
+    @classmethod
+    def under(cls, folder: Path) -> InputAccess:
+        """What the worker itself reads between stages: files under ``folder`` only."""
+        return cls(DataRoots.of([folder]))
+
+    @property
+    def readable(self) -> DataRoots:
+        """Where an opened file may lie: the roots, and the uploads."""
+        return self.roots + self.files.roots if self.files is not None else self.roots
+
+    def open(self, path: str | Path) -> BinaryIO:
+        """Open a file for reading after checking where it really lies (InputError if out)."""
+        try:
+            return self.readable.open(path)
+        except OutsideDataRoots as exc:
+            raise InputError(str(exc)) from None
+        except OSError as exc:
+            raise InputError(f"cannot read input {path}: {exc}") from exc
+
+    def uploaded(self, file_id: str) -> Path:
+        if self.files is None:
+            raise InputError(f"uploaded file {file_id} cannot be read here")
+        try:
+            return self.files.content_path(file_id)
+        except NotFound:
+            raise InputError(f"uploaded file {file_id} does not exist (deleted?)") from None
 
 
 @dataclass(frozen=True)
@@ -93,33 +142,48 @@ def _format_of(path: Path, fmt: InputFormat) -> InputFormat:
     return KNOWN_SUFFIXES.get(path.suffix.lower(), InputFormat.text)
 
 
-def discover(spec: InputSpec) -> list[SourceFile]:
-    """Every input file, in a deterministic order. Raises InputError naming what is missing."""
+def _named_files(raw: str, access: InputAccess, field: str) -> list[Path]:
+    """The files one entry of ``paths`` names, each inside the data roots."""
+    try:
+        target = access.roots.resolve(raw)
+    except OutsideDataRoots as exc:
+        raise InputError(f"{field}: {exc}") from None
+    base, pattern = literal_part(target)
+    if pattern is not None:
+        matches = glob.glob(pattern, root_dir=base, recursive=True) if base.is_dir() else []
+        files = [base / m for m in sorted(matches) if (base / m).is_file()]
+        if not files:
+            raise InputError(f"input pattern {raw!r} matched no files")
+    elif target.is_dir():
+        files = sorted(
+            p for p in target.rglob("*") if p.is_file() and p.suffix.lower() in KNOWN_SUFFIXES
+        )
+        if not files:
+            raise InputError(
+                f"input folder {raw!r} holds no .jsonl, .ndjson, .parquet, .txt or .md files"
+            )
+    elif target.is_file():
+        files = [target]
+    elif target.exists():
+        raise InputError(f"input {raw!r} is not a regular file")
+    else:
+        raise InputError(f"input {raw!r} does not exist")
+    try:
+        return [access.roots.check(p, name=f"{p} (from {raw!r})") for p in files]
+    except OutsideDataRoots as exc:
+        raise InputError(f"{field}: {exc}") from None
+
+
+def discover(
+    spec: InputSpec, access: InputAccess, *, field: str = "input.paths"
+) -> list[SourceFile]:
+    """Every input file (paths, then uploaded files), in a deterministic order, symlinks
+    resolved. Raises InputError naming what is missing or outside the data roots (``field``:
+    where the paths came from, for the message)."""
     found: list[Path] = []
-    for raw in spec.paths:
-        expanded = str(Path(raw).expanduser())
-        if glob.has_magic(expanded):
-            matches = sorted(Path(p) for p in glob.glob(expanded, recursive=True))
-            files = [p for p in matches if p.is_file()]
-            if not files:
-                raise InputError(f"input pattern {raw!r} matched no files")
-            found += files
-        else:
-            path = Path(expanded)
-            if path.is_dir():
-                files = sorted(
-                    p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in KNOWN_SUFFIXES
-                )
-                if not files:
-                    raise InputError(
-                        f"input folder {raw!r} holds no .jsonl, .ndjson, .parquet, .txt or "
-                        ".md files"
-                    )
-                found += files
-            elif path.is_file():
-                found.append(path)
-            else:
-                raise InputError(f"input {raw!r} does not exist")
+    for raw in spec.paths or []:
+        found += _named_files(raw, access, field)
+    found += [access.uploaded(file_id) for file_id in spec.all_file_ids()]
     unique = list(dict.fromkeys(p.resolve() for p in found))
     return [SourceFile(p, _format_of(p, spec.format)) for p in unique]
 
@@ -128,20 +192,20 @@ def discover(spec: InputSpec) -> list[SourceFile]:
 # Counting (planning)
 
 
-def _jsonl_starts(path: Path) -> Iterator[int]:
+def _jsonl_starts(path: Path, access: InputAccess) -> Iterator[int]:
     """Byte offset of each non-blank line."""
     offset = 0
-    with open(path, "rb") as f:
+    with access.open(path) as f:
         for line in f:
             if line.strip():
                 yield offset
             offset += len(line)
 
 
-def _separated_starts(path: Path, separator: str) -> Iterator[int]:
+def _separated_starts(path: Path, separator: str, access: InputAccess) -> Iterator[int]:
     """Byte offset of each non-blank piece between separators (streamed in 1 MiB chunks)."""
     sep = separator.encode()
-    with open(path, "rb") as f:
+    with access.open(path) as f:
         buf = b""
         buf_start = 0  # file offset of buf[0]
         piece_start = 0
@@ -167,36 +231,40 @@ def _separated_starts(path: Path, separator: str) -> Iterator[int]:
             buf_start += keep_from
 
 
-def _parquet_rows(path: Path) -> int:
+def _parquet_rows(path: Path, access: InputAccess) -> int:
     import pyarrow.parquet as pq
 
-    try:
-        return int(pq.ParquetFile(path).metadata.num_rows)
-    except Exception as exc:
-        raise InputError(f"cannot read Parquet file {path}: {exc}") from exc
+    with access.open(path) as f:
+        try:
+            return int(pq.ParquetFile(f).metadata.num_rows)
+        except Exception as exc:
+            raise InputError(f"cannot read Parquet file {path}: {exc}") from exc
 
 
-def _record_starts(src: SourceFile, spec: InputSpec) -> Iterator[int]:
+def _record_starts(src: SourceFile, spec: InputSpec, access: InputAccess) -> Iterator[int]:
     """One offset per record of the file (Parquet: the row number)."""
     if src.format is InputFormat.jsonl:
-        yield from _jsonl_starts(src.path)
+        yield from _jsonl_starts(src.path, access)
     elif src.format is InputFormat.parquet:
-        yield from range(_parquet_rows(src.path))
+        yield from range(_parquet_rows(src.path, access))
     elif spec.separator is None:
+        access.open(src.path).close()  # counted without reading; checked all the same
         yield 0
     else:
-        yield from _separated_starts(src.path, spec.separator)
+        yield from _separated_starts(src.path, spec.separator, access)
 
 
-def plan(spec: InputSpec, shard_size: int, *, limit: int | None = None) -> Plan:
+def plan(
+    spec: InputSpec, shard_size: int, access: InputAccess, *, limit: int | None = None
+) -> Plan:
     """Cut the inputs into shards of ``shard_size`` records (the last may be shorter)."""
-    sources = discover(spec)
+    sources = discover(spec, access)
     shards: list[list[Segment]] = []
     total = 0
     for src in sources:
         seg: Segment | None = None
         try:
-            for first, offset in enumerate(_record_starts(src, spec)):
+            for first, offset in enumerate(_record_starts(src, spec, access)):
                 if limit is not None and total >= limit:
                     break
                 if total % shard_size == 0:
@@ -231,8 +299,8 @@ def _as_record(index: int, line: str | bytes) -> RawRecord:
     return RawRecord(index, data)
 
 
-def _read_jsonl(seg: Segment, start_index: int) -> Iterator[RawRecord]:
-    with open(seg.path, "rb") as f:
+def _read_jsonl(seg: Segment, start_index: int, access: InputAccess) -> Iterator[RawRecord]:
+    with access.open(seg.path) as f:
         f.seek(seg.offset)
         n = 0
         for line in f:
@@ -244,10 +312,19 @@ def _read_jsonl(seg: Segment, start_index: int) -> Iterator[RawRecord]:
             n += 1
 
 
-def _read_parquet(seg: Segment, start_index: int, batch_rows: int = 1024) -> Iterator[RawRecord]:
+def _read_parquet(
+    seg: Segment, start_index: int, access: InputAccess, batch_rows: int = 1024
+) -> Iterator[RawRecord]:
+    with access.open(seg.path) as f:
+        yield from _parquet_records(f, seg, start_index, batch_rows)
+
+
+def _parquet_records(
+    f: BinaryIO, seg: Segment, start_index: int, batch_rows: int
+) -> Iterator[RawRecord]:
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(seg.path)
+    pf = pq.ParquetFile(f)
     meta = pf.metadata
     wanted: list[int] = []
     row = 0
@@ -273,11 +350,15 @@ def _read_parquet(seg: Segment, start_index: int, batch_rows: int = 1024) -> Ite
             produced += 1
 
 
-def _read_text(seg: Segment, start_index: int, separator: str | None) -> Iterator[RawRecord]:
+def _read_text(
+    seg: Segment, start_index: int, separator: str | None, access: InputAccess
+) -> Iterator[RawRecord]:
     source = Path(seg.path).name
     if separator is None:
+        with access.open(seg.path) as whole:
+            data = whole.read()
         try:
-            text = Path(seg.path).read_text(encoding="utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             yield RawRecord(start_index, None, f"not UTF-8 text: {exc}")
             return
@@ -285,7 +366,7 @@ def _read_text(seg: Segment, start_index: int, separator: str | None) -> Iterato
         return
     sep = separator.encode()
     produced = 0
-    with open(seg.path, "rb") as f:
+    with access.open(seg.path) as f:
         f.seek(seg.offset)
         buf = b""
         eof = False
@@ -309,18 +390,21 @@ def _read_text(seg: Segment, start_index: int, separator: str | None) -> Iterato
                 return
 
 
-def read_shard(segments: list[Segment], spec: InputSpec, start_index: int) -> list[RawRecord]:
+def read_shard(
+    segments: list[Segment], spec: InputSpec, start_index: int, access: InputAccess
+) -> list[RawRecord]:
     """The records of one shard; ``start_index`` is the position of its first record in the
-    stage's input. JSONL/Parquet records without a ``source`` get their file's name."""
+    stage's input. JSONL/Parquet records without a ``source`` get their file's name. Each
+    file is checked against ``access`` as it is opened (InputError when it lies outside)."""
     out: list[RawRecord] = []
     index = start_index
     for seg in segments:
         if seg.format is InputFormat.jsonl:
-            records: Iterator[RawRecord] = _read_jsonl(seg, index)
+            records: Iterator[RawRecord] = _read_jsonl(seg, index, access)
         elif seg.format is InputFormat.parquet:
-            records = _read_parquet(seg, index)
+            records = _read_parquet(seg, index, access)
         else:
-            records = _read_text(seg, index, spec.separator)
+            records = _read_text(seg, index, spec.separator, access)
         for rec in records:
             if rec.data is not None and seg.format is not InputFormat.text:
                 rec.data.setdefault("source", Path(seg.path).name)

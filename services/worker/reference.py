@@ -16,8 +16,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.worker.inputs import InputAccess, read_shard
 from services.worker.inputs import plan as plan_inputs
-from services.worker.inputs import read_shard
 from shared.job_schemas import ReferenceSpec
 
 logger = logging.getLogger(__name__)
@@ -63,21 +63,22 @@ def _bigbench_texts(tasks: list[str], seed: int) -> dict[str, list[str]]:
     return out
 
 
-def load_reference(spec: ReferenceSpec) -> ReferenceSet:
+def load_reference(spec: ReferenceSpec, access: InputAccess) -> ReferenceSet:
     """The texts whose centroid the prefilter compares documents with (at most
-    ``spec.max_items``, a seeded sample, spread evenly across the built-in tasks)."""
+    ``spec.max_items``, a seeded sample, spread evenly across the built-in tasks).
+    ``access``: where ``spec.input`` may read (the job's data roots and uploads)."""
     rng = random.Random(spec.seed)
     if spec.texts is not None:
         texts, source = list(spec.texts), "inline"
     elif spec.input is not None:
-        p = plan_inputs(spec.input, shard_size=1_000_000, limit=spec.max_items * 20)
+        p = plan_inputs(spec.input, 1_000_000, access, limit=spec.max_items * 20)
         texts = []
         for shard in p.shards:
-            for rec in read_shard(shard, spec.input, 0):
+            for rec in read_shard(shard, spec.input, 0, access):
                 value = (rec.data or {}).get(spec.input.text_field)
                 if isinstance(value, str) and value.strip():
                     texts.append(value)
-        source = "input:" + ",".join(spec.input.paths)
+        source = "input:" + spec.input.describe().replace(", ", ",")
     else:
         by_task = _bigbench_texts(spec.bigbench_tasks, spec.seed)
         if by_task:

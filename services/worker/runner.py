@@ -35,7 +35,13 @@ from services.worker.artifacts import (
     remove_temporaries,
     write_json,
 )
-from services.worker.inputs import InputError, plan_to_json, read_shard, shards_from_json
+from services.worker.inputs import (
+    InputAccess,
+    InputError,
+    plan_to_json,
+    read_shard,
+    shards_from_json,
+)
 from services.worker.inputs import plan as plan_inputs
 from services.worker.runtime import WorkerRuntime
 from services.worker.stages import build_stage
@@ -102,6 +108,14 @@ class JobRunner:
             paths=[str(previous.stream("output"))], format=InputFormat.jsonl, text_field="text"
         )
 
+    def input_access(self, spec: Any, k: int) -> InputAccess:
+        """What stage k may read: the job's own inputs (inside the data roots, or uploaded)
+        for stage 0; files under the artifacts root where the worker chose them (a later
+        stage's input, a training job's ``data.job``)."""
+        if k > 0 or (isinstance(spec, TrainRationalystSpec) and spec.data.job is not None):
+            return InputAccess.under(self.root)
+        return InputAccess.of_jobs(self.rt.settings)
+
     async def snapshot(self, job_id: str) -> None:
         """The job's hash on disk once it is terminal, so a Redis restart loses nothing."""
         raw = await self.store.raw(job_id)
@@ -149,9 +163,10 @@ class JobRunner:
             else:
                 shard_size = getattr(spec, "shard_size", None) or self.rt.settings.shard_size
             limit = spec.limit if k == 0 else None
-            p = await asyncio.to_thread(plan_inputs, input_spec, shard_size, limit=limit)
+            access = self.input_access(spec, k)
+            p = await asyncio.to_thread(plan_inputs, input_spec, shard_size, access, limit=limit)
             if stage.single_shard and not p.records_total:
-                raise InputError(f"no {kind.value} rows in {', '.join(input_spec.paths)}")
+                raise InputError(f"no {kind.value} rows in {input_spec.describe()}")
             extras = await stage.prepare(self.rt) if p.records_total else {}
             plan = {
                 "job_id": job_id,
@@ -230,7 +245,11 @@ class JobRunner:
         try:
             start = time.perf_counter()
             records = await asyncio.to_thread(
-                read_shard, segments, input_spec, shard * int(plan["shard_size"])
+                read_shard,
+                segments,
+                input_spec,
+                shard * int(plan["shard_size"]),
+                self.input_access(spec, k),
             )
             result = await stage.process(records, ctx)
             await self.check_active(job_id)

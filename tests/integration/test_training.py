@@ -229,6 +229,7 @@ def test_lora_training_exports_a_merged_model(model_path: Path, tmp_path: Path) 
             "spec": spec.model_dump(mode="json"),
             "train_files": [str(RATIONALES)],
             "dev_files": [],
+            "data_roots": [str(RATIONALES.parent)],
             "base_model_path": str(model_path),
         },
     )

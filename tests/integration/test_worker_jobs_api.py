@@ -180,3 +180,44 @@ def test_worker_cli_submit_watch_list_fetch_cancel(jobs: JobsEnv, tmp_path: Path
     assert r.exit_code == 1 and "conflict" in r.output  # it has already succeeded
     r = cli.invoke(jobs_app, ["submit", "--kind", "sft_data", "--set", "limit=0", "-i", "x", *url])
     assert r.exit_code == 1 and "limit" in r.output
+
+
+def test_worker_job_reads_an_uploaded_file_by_id(jobs: JobsEnv, tmp_path: Path) -> None:  # noqa: F811
+    path = triples_file(tmp_path / "t.jsonl", 3)
+    file_id = jobs.upload("triples.jsonl", path.read_bytes())
+    assert jobs.http.get(f"/v1/files/{file_id}").json()["bytes"] == path.stat().st_size
+    jobs.start_worker()
+    job_id = jobs.submit({"kind": "sft_data", "input": {"file_id": file_id}})
+    status = jobs.wait(job_id, timeout_s=120)
+    assert status["state"] == "succeeded", status
+    assert status["stages"][0]["counts"]["records_kept"] == 3
+    train = jobs.artifact(job_id, "sft_data/train.jsonl").splitlines()
+    assert len(train) == 2 and json.loads(train[0])["messages"][0]["content"] == "Before 1."
+    # once deleted, a job naming it is refused at submit
+    assert jobs.http.delete(f"/v1/files/{file_id}").status_code == 200
+    r = jobs.http.post("/v1/jobs", json={"kind": "sft_data", "input": {"file_id": file_id}})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "input.file_id"
+
+
+def test_worker_api_refuses_inputs_outside_the_data_roots(jobs: JobsEnv, tmp_path: Path) -> None:  # noqa: F811
+    (tmp_path / "escape.jsonl").symlink_to("/etc/hostname")
+    for paths in (["/etc/passwd"], ["../../etc/passwd"], [str(tmp_path / "escape.jsonl")],
+                  ["/e*/passwd"]):  # fmt: skip
+        r = jobs.http.post("/v1/jobs", json={"kind": "sft_data", "input": {"paths": paths}})
+        assert r.status_code == 422, (paths, r.text)
+        assert r.json()["error"]["field"] == "input.paths"
+    assert jobs.http.get("/v1/jobs").json()["jobs"] == []
+
+
+def test_worker_refuses_an_input_swapped_for_a_symlink_after_submit(
+    jobs: JobsEnv,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    path = triples_file(tmp_path / "t.jsonl", 2)
+    job_id = jobs.submit({"kind": "sft_data", "input": {"paths": [str(path)]}})  # no worker yet
+    path.unlink()
+    path.symlink_to("/etc/hostname")
+    jobs.start_worker()
+    status = jobs.wait(job_id, timeout_s=120)
+    assert status["state"] == "failed"
+    assert "outside the data roots" in status["error"], status["error"]

@@ -108,13 +108,14 @@ class WorkerProcess:
 
 
 class _ApiServer:
-    """The job and registry routers in a small app on a background thread (uvicorn, its own
-    event loop)."""
+    """The job, files and registry routers in a small app on a background thread (uvicorn,
+    its own event loop)."""
 
     def __init__(self, settings: Any) -> None:
         import uvicorn
         from fastapi import FastAPI
 
+        from gateway.files import create_files_router
         from gateway.jobs import create_jobs_router
         from gateway.registry import create_registry_router
         from shared.http import install_error_handlers
@@ -122,6 +123,7 @@ class _ApiServer:
         app = FastAPI()
         install_error_handlers(app)
         app.include_router(create_jobs_router(settings))
+        app.include_router(create_files_router(settings, max_upload_bytes=1 << 20))
         app.include_router(create_registry_router(settings))
         self.port = free_port()
         config = uvicorn.Config(
@@ -180,6 +182,12 @@ class JobsEnv:
             w.stop()
         self.workers.clear()
 
+    def upload(self, name: str, content: bytes) -> str:
+        """POST /v1/files; the new file's id."""
+        r = self.http.post("/v1/files", files={"file": (name, content)})
+        assert r.status_code == 200, r.text
+        return str(r.json()["id"])
+
     def submit(self, spec: dict[str, Any]) -> str:
         r = self.http.post("/v1/jobs", json=spec)
         assert r.status_code == 202, r.text
@@ -225,11 +233,16 @@ def jobs_env(
 
     artifacts = tmp_path_factory.mktemp("artifacts")
     logs = tmp_path_factory.mktemp("worker-logs")
-    settings = JobStoreSettings(redis_url=redis_server.url, artifacts_dir=artifacts)
+    # jobs read the tests' own files (under pytest's temporary root) and the shipped samples
+    data_dirs = [artifacts, tmp_path_factory.getbasetemp(), SAMPLE_CORPUS.parent]
+    settings = JobStoreSettings(
+        redis_url=redis_server.url, artifacts_dir=artifacts, data_dirs=data_dirs
+    )
     api = _ApiServer(settings)
     worker_env = {
         "WORKER_REDIS_URL": redis_server.url,
         "WORKER_ARTIFACTS_DIR": str(artifacts),
+        "WORKER_DATA_DIRS": ",".join(str(d) for d in data_dirs),
         "WORKER_SHARD_SIZE": "4",
         "WORKER_LEASE_S": "3",
         "WORKER_POLL_DELAY_S": "0.2",

@@ -49,6 +49,24 @@ def test_worker_job_ids_are_plain_names(root: Path, job_id: str) -> None:
         artifact_path(root, job_id, "filter/output.jsonl")
 
 
+def test_worker_artifacts_do_not_follow_symlinks_out_of_the_job(root: Path) -> None:
+    job = root / "job-1" / "filter"
+    (job / "escape.jsonl").symlink_to(root / "secret.txt")
+    (root / "job-2" / "filter").mkdir(parents=True)
+    (root / "job-2" / "filter" / "theirs.jsonl").write_text("{}\n")
+    (job / "other-job").symlink_to(root / "job-2")
+    for name in ("escape.jsonl", "other-job/filter/theirs.jsonl"):
+        with pytest.raises(NotFound):
+            artifact_path(root, "job-1", name)
+
+
+def test_worker_uploads_are_no_job(root: Path) -> None:
+    (root / "_files" / "file-abc").mkdir(parents=True)
+    (root / "_files" / "file-abc" / "x.jsonl").write_text("{}\n")
+    with pytest.raises(NotFound):
+        artifact_path(root, "_files", "file-abc/x.jsonl")
+
+
 def test_worker_artifact_path_finds_a_file(root: Path) -> None:
     path = artifact_path(root, "job-1", "filter/output.jsonl")
     assert path.read_text() == "{}\n"

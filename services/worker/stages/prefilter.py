@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from services.worker.artifacts import StagePaths
-from services.worker.inputs import RawRecord
+from services.worker.inputs import InputAccess, RawRecord
 from services.worker.reference import load_reference
 from services.worker.stages.base import (
     Outcome,
@@ -47,7 +47,8 @@ class PrefilterStage(Stage):
         embedder = await asyncio.to_thread(
             runtime.embedders.get, self._model_name(runtime.settings.embedding_model)
         )
-        ref = await asyncio.to_thread(load_reference, opts.reference)
+        access = InputAccess.of_jobs(runtime.settings)
+        ref = await asyncio.to_thread(load_reference, opts.reference, access)
         texts = [normalize(t) for t in ref.texts] if opts.normalize else list(ref.texts)
         vectors = await asyncio.to_thread(embedder.encode, texts, opts.batch_size)
         centroid = np.asarray(vectors, dtype=np.float64).mean(axis=0)

@@ -25,7 +25,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from services.worker.inputs import InputError, RawRecord
+from services.worker.inputs import InputAccess, InputError, RawRecord, discover
 from services.worker.stages.base import ShardResult, Stage, StageContext
 from services.worker.training import EXIT_NO_DATA, TrainPaths
 from shared.errors import InvalidRequest
@@ -57,6 +57,14 @@ def default_model_name(job_id: str) -> str:
     return f"rationalyst-{job_id}"[:64]
 
 
+def training_access(spec: TrainRationalystSpec, settings: Any) -> InputAccess:
+    """Where a training job's rows may be read: a data job's files under the artifacts root,
+    or files named in ``data.train``/``data.dev`` inside the data roots (or uploaded)."""
+    if spec.data.job is not None:
+        return InputAccess.under(settings.artifacts_dir.expanduser())
+    return InputAccess.of_jobs(settings)
+
+
 def training_input(spec: TrainRationalystSpec, artifacts_dir: Path) -> InputSpec:
     """The training rows as the stage's input (planning counts them; none fails the job)."""
     if spec.data.job is not None:
@@ -75,18 +83,25 @@ class TrainStage(Stage):
     options: TrainRationalystSpec
 
     async def prepare(self, runtime: Any) -> dict[str, Any]:
-        return await asyncio.to_thread(self._dev_files, runtime.settings.artifacts_dir)
+        return await asyncio.to_thread(self._files, runtime.settings)
 
-    def _dev_files(self, artifacts_dir: Path) -> dict[str, Any]:
-        """The dev files: the data job's dev.jsonl when it has rows, or the ones named."""
+    def _files(self, settings: Any) -> dict[str, Any]:
+        """The training and dev files, resolved and checked against where they may lie (the
+        training process checks each again as it opens it): the data job's dev.jsonl when it
+        has rows, or the files ``data.dev`` names."""
         data = self.options.data
+        root = settings.artifacts_dir.expanduser()
+        access = training_access(self.options, settings)
+        train = discover(training_input(self.options, root), access, field="data.train")
         if data.job is not None:
-            _, dev = training_data_files(artifacts_dir.expanduser(), data.job)
-            return {"dev_files": [str(dev)] if dev.is_file() and dev.stat().st_size else []}
-        for path in data.dev or []:
-            if not Path(path).is_file():
-                raise InputError(f"dev file {path} does not exist")
-        return {"dev_files": list(data.dev or [])}
+            _, dev = training_data_files(root, data.job)
+            dev_files = [str(dev)] if dev.is_file() and dev.stat().st_size else []
+        elif data.dev:
+            dev_spec = InputSpec(paths=data.dev, format=InputFormat.jsonl)
+            dev_files = [str(s.path) for s in discover(dev_spec, access, field="data.dev")]
+        else:
+            dev_files = []
+        return {"train_files": [str(s.path) for s in train], "dev_files": dev_files}
 
     async def process(self, records: list[RawRecord], ctx: StageContext) -> ShardResult:
         settings = ctx.runtime.settings
@@ -124,12 +139,14 @@ class TrainStage(Stage):
             )
         except InvalidRequest as exc:
             raise InputError(f"base_model: {exc.message}") from exc
+        readable = training_access(spec, ctx.runtime.settings).readable
         write_json(
             paths.request,
             {
                 "spec": spec.model_dump(mode="json"),
-                "train_files": ctx.input.paths,
+                "train_files": ctx.extras.get("train_files") or ctx.input.paths,
                 "dev_files": ctx.extras.get("dev_files", []),
+                "data_roots": [str(d) for d in readable.dirs],
                 "base_model_path": base,
             },
         )

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 EXIT_NO_DATA = 3
-"""Exit status of the child when no row is usable: the job fails at once, without retries."""
+"""Exit status of the child when no row is usable or the data cannot be read (outside the data
+roots, missing): the job fails at once, without retries."""
 
 
 @dataclass(frozen=True)

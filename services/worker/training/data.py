@@ -18,6 +18,7 @@ they carry labels: every other label is -100, so the loss falls on the rationale
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from collections import Counter
@@ -25,6 +26,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from shared.data_roots import DataRoots
 
 IGNORE_INDEX = -100
 
@@ -71,11 +74,12 @@ class DataReport:
         }
 
 
-def read_rows(paths: Iterable[str | Path]) -> Iterator[dict[str, Any]]:
+def read_rows(paths: Iterable[str | Path], roots: DataRoots) -> Iterator[dict[str, Any]]:
     """JSONL rows of every file in order; an unparsable line is yielded as ``{}`` (and then
-    dropped as ``bad_row``), so one bad line does not sink a run."""
+    dropped as ``bad_row``), so one bad line does not sink a run. Each file is checked to lie
+    inside ``roots`` as it is opened (:class:`shared.data_roots.OutsideDataRoots` if not)."""
     for path in paths:
-        with open(path, encoding="utf-8") as f:
+        with roots.open(path) as raw, io.TextIOWrapper(raw, encoding="utf-8") as f:
             for line in f:
                 if not line.strip():
                     continue

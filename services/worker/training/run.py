@@ -31,6 +31,7 @@ from typing import Any
 
 from services.worker.training import EXIT_NO_DATA, TrainPaths
 from services.worker.training.data import RowEncoder, read_rows, split_dev
+from shared.data_roots import DataRoots, OutsideDataRoots
 from shared.files import read_json, write_json
 from shared.job_schemas import TrainingProgress, TrainMethod, TrainRationalystSpec
 
@@ -123,10 +124,11 @@ def _progress_callback(paths: TrainPaths, resumed_from: int | None, parent: int)
 def _encode(
     request: dict[str, Any], spec: TrainRationalystSpec, tokenizer: Any, max_length: int
 ) -> tuple[list[Any], list[Any], dict[str, Any]]:
-    rows = list(read_rows(request["train_files"]))
+    roots = DataRoots.of(request["data_roots"])
+    rows = list(read_rows(request["train_files"], roots))
     if spec.limit is not None:
         rows = rows[: spec.limit]
-    dev_rows = list(read_rows(request.get("dev_files") or []))
+    dev_rows = list(read_rows(request.get("dev_files") or [], roots))
     held_out = False
     if not dev_rows:
         rows, dev_rows = split_dev(rows, spec.data.dev_fraction, spec.seed)
@@ -161,7 +163,11 @@ def train(paths: TrainPaths) -> int:
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train_rows, dev_rows, report = _encode(request, spec, tokenizer, int(hp["max_length"]))
+    try:
+        train_rows, dev_rows, report = _encode(request, spec, tokenizer, int(hp["max_length"]))
+    except (OutsideDataRoots, OSError) as exc:  # the job fails at once: retrying cannot help
+        write_json(paths.error, {"reason": f"cannot read the training data: {exc}"})
+        return EXIT_NO_DATA
     write_json(paths.data_report, report)
     if not train_rows:
         dropped = report["train"]["dropped"]
