@@ -41,7 +41,7 @@ _SEARCH = error_responses(
         504: "A model service timed out.",
     },
 )
-_CANCEL = error_responses(401, 404, notes={404: "No search with this id is running."})
+_CANCEL = error_responses(401, 404, 422, notes={404: "No search with this id is running."})
 
 
 def _json(model: BaseModel) -> Response:
