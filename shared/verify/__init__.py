@@ -1,0 +1,29 @@
+"""Verifiers of TriPosT rationales: scripted ones (multistep arithmetic, word sorting), giving
+one :class:`Verdict` and one feedback sentence shape. Plain Python::
+
+    from shared.verify import scripted_verifier
+    verdict = scripted_verifier("word_sorting").verify(question, rationale)
+    verdict.correct, verdict.step, verdict.feedback
+"""
+
+from shared.verify.arithmetic import ArithmeticVerifier
+from shared.verify.registry import SCRIPTED, ScriptedVerifier, resolve_task, scripted_verifier
+from shared.verify.steps import QuestionError, Step, Unparseable, split_steps
+from shared.verify.verdict import ERROR_MARKER, Verdict, parse_feedback
+from shared.verify.word_sorting import WordSortingVerifier
+
+__all__ = [
+    "ERROR_MARKER",
+    "SCRIPTED",
+    "ArithmeticVerifier",
+    "QuestionError",
+    "ScriptedVerifier",
+    "Step",
+    "Unparseable",
+    "Verdict",
+    "WordSortingVerifier",
+    "parse_feedback",
+    "resolve_task",
+    "scripted_verifier",
+    "split_steps",
+]
