@@ -1,5 +1,5 @@
-"""Verifiers of TriPosT rationales: scripted ones (multistep arithmetic, word sorting), giving
-one :class:`Verdict` and one feedback sentence shape. Plain Python::
+"""Verifiers of TriPosT rationales: scripted ones (multistep arithmetic, word sorting) and an
+LLM one, giving one :class:`Verdict` and one feedback sentence shape. Plain Python::
 
     from shared.verify import scripted_verifier
     verdict = scripted_verifier("word_sorting").verify(question, rationale)
@@ -7,6 +7,7 @@ one :class:`Verdict` and one feedback sentence shape. Plain Python::
 """
 
 from shared.verify.arithmetic import ArithmeticVerifier
+from shared.verify.llm import llm_messages, llm_verify, parse_llm_answer
 from shared.verify.registry import SCRIPTED, ScriptedVerifier, resolve_task, scripted_verifier
 from shared.verify.steps import QuestionError, Step, Unparseable, split_steps
 from shared.verify.verdict import ERROR_MARKER, Verdict, parse_feedback
@@ -22,7 +23,10 @@ __all__ = [
     "Unparseable",
     "Verdict",
     "WordSortingVerifier",
+    "llm_messages",
+    "llm_verify",
     "parse_feedback",
+    "parse_llm_answer",
     "resolve_task",
     "scripted_verifier",
     "split_steps",
