@@ -20,6 +20,8 @@ from shared.gateway_schemas import (
     ReasonResponse,
     SelectRequest,
     SelectResponse,
+    VerifyRequest,
+    VerifyResponse,
 )
 from shared.openai_schemas import ModelCard, ModelList
 
@@ -68,6 +70,12 @@ async def reason(req: ReasonRequest, state: StateDep, rid: RequestIdDep) -> Resp
 async def select(req: SelectRequest, state: StateDep, rid: RequestIdDep) -> Response:
     """Rank caller-supplied candidate next steps of a trajectory."""
     return _json(await handlers.select(state, req, rid))
+
+
+@router.post("/v1/verify", response_model=VerifyResponse)
+async def verify(req: VerifyRequest, state: StateDep, rid: RequestIdDep) -> Response:
+    """Check a step-by-step solution: all correct, or its first error step and why."""
+    return _json(await handlers.verify(state, req, rid))
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=_STREAM)
