@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, StringConstraints, field_validator
 from shared.openai_schemas import Lenient, OAChatMessage
 from shared.openai_schemas import Usage as CompletionUsage
 from shared.schemas import Demo, NonEmptyStr, Strict
+from shared.verify.registry import VerifierKind
 from shared.verify.verdict import Verdict
 
 Question = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
@@ -267,16 +268,6 @@ class SelectResponse(Strict):
 
 # --------------------------------------------------------------------------------------------
 # POST /v1/verify
-
-
-class VerifierKind(StrEnum):
-    """Who checks a solution."""
-
-    scripted = "scripted"
-    """A script that checks the task's rationale format exactly, no model (multistep
-    arithmetic and word sorting)."""
-    llm = "llm"
-    """A model service asked for the earliest error (any task)."""
 
 
 class VerifyRequest(Strict):

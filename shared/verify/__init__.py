@@ -8,7 +8,13 @@ LLM one, giving one :class:`Verdict` and one feedback sentence shape. Plain Pyth
 
 from shared.verify.arithmetic import ArithmeticVerifier
 from shared.verify.llm import llm_messages, llm_verify, parse_llm_answer
-from shared.verify.registry import SCRIPTED, ScriptedVerifier, resolve_task, scripted_verifier
+from shared.verify.registry import (
+    SCRIPTED,
+    ScriptedVerifier,
+    VerifierKind,
+    resolve_task,
+    scripted_verifier,
+)
 from shared.verify.steps import QuestionError, Step, Unparseable, split_steps
 from shared.verify.verdict import ERROR_MARKER, Verdict, parse_feedback
 from shared.verify.word_sorting import WordSortingVerifier
@@ -22,6 +28,7 @@ __all__ = [
     "Step",
     "Unparseable",
     "Verdict",
+    "VerifierKind",
     "WordSortingVerifier",
     "llm_messages",
     "llm_verify",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Protocol
 
 from shared.tasks.base import UnknownTaskError
@@ -9,6 +10,16 @@ from shared.tasks.registry import ALIASES, task_names
 from shared.verify.arithmetic import ArithmeticVerifier
 from shared.verify.verdict import Verdict
 from shared.verify.word_sorting import WordSortingVerifier
+
+
+class VerifierKind(StrEnum):
+    """Who checks a solution."""
+
+    scripted = "scripted"
+    """A script that checks the task's rationale format exactly, no model (multistep
+    arithmetic and word sorting)."""
+    llm = "llm"
+    """A model service asked for the earliest error (any task)."""
 
 
 class ScriptedVerifier(Protocol):
