@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
@@ -35,7 +36,13 @@ from shared.gateway_schemas import (
     SelectRequest,
     SelectResponse,
     StepTrace,
+    VerifierKind,
+    VerifyRequest,
+    VerifyResponse,
 )
+from shared.openai_schemas import ChatCompletionRequest, OAChatMessage
+from shared.tasks import UnknownTaskError, get_task
+from shared.verify import QuestionError, Verdict, llm_verify, resolve_task, scripted_verifier
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +125,85 @@ async def chat_completion(
     response = await reason(state, req, request_id, "chat")
     response.warnings[:0] = warnings
     return to_chat_completion(response, state.settings.served_model_name)
+
+
+async def verify(state: GatewayState, req: VerifyRequest, request_id: str | None) -> VerifyResponse:
+    """The verdict of the scripted verifier of ``req.task`` or of the LLM verifier (the
+    settings' ``verifier_service``). Unknown task, a question the scripted verifier cannot
+    read, too long a solution: 422 naming the field; the LLM verifier down: 503 naming it."""
+    started = time.perf_counter()
+    try:
+        task = resolve_task(req.task)
+    except UnknownTaskError as exc:
+        raise InvalidRequest(f"task: {exc}", field="task") from exc
+    check_question(req.question, state)
+    limit = state.settings.max_solution_chars
+    if len(req.solution) > limit:
+        raise InvalidRequest(
+            f"solution: {len(req.solution)} characters; at most {limit} are accepted",
+            field="solution",
+        )
+    scripted = scripted_verifier(task)
+    kind = req.verifier or (VerifierKind.scripted if scripted else VerifierKind.llm)
+    model_output: str | None = None
+    if kind is VerifierKind.scripted:
+        if scripted is None:
+            raise InvalidRequest(
+                f"verifier: {task} has no scripted verifier; use llm (or leave verifier out)",
+                field="verifier",
+            )
+        try:
+            verdict = scripted.verify(req.question, req.solution)
+        except QuestionError as exc:
+            raise InvalidRequest(f"question: {exc}", field="question") from exc
+    else:
+        verdict, model_output = await _llm_verdict(state, task, req)
+    response = VerifyResponse(
+        **verdict.model_dump(),
+        id=request_id,
+        task=task,
+        verifier=kind,
+        model_output=model_output,
+        elapsed_ms=(time.perf_counter() - started) * 1000.0,
+    )
+    state.metrics.observe_verify(response)
+    return response
+
+
+async def _llm_verdict(
+    state: GatewayState, task: str, req: VerifyRequest
+) -> tuple[Verdict, str | None]:
+    """Ask the verifier service (greedy decoding), holding a concurrency slot. Its failures
+    are re-raised naming it as the LLM verifier; a prompt it refuses as too long is the
+    solution's fault (422 on ``solution``)."""
+    name = state.settings.verifier_service
+    client = state.upstreams.by_name()[name]
+
+    async def chat(messages: list[dict[str, str]], max_tokens: int) -> str:
+        request = ChatCompletionRequest(
+            messages=[OAChatMessage.model_validate(m) for m in messages],
+            max_tokens=max_tokens,
+            temperature=0.0,
+        )
+        return (await client.chat(request)).text()
+
+    async with state.limiter.slot():
+        try:
+            return await llm_verify(
+                chat,
+                req.question,
+                req.solution,
+                task_description=get_task(task).description,
+                max_tokens=state.settings.verifier_max_tokens,
+            )
+        except InvalidRequest as exc:
+            raise InvalidRequest(
+                f"solution: the llm verifier ({name} service) refused it: {exc.message}",
+                field="solution",
+            ) from exc
+        except ServiceError as exc:
+            state.metrics.observe_error("verify", exc)
+            raise type(exc)(f"llm verifier ({name} service): {exc.message}") from exc
 
 
 # --------------------------------------------------------------------------------------------

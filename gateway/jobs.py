@@ -77,7 +77,8 @@ def create_jobs_router(
 
     @router.post("", status_code=202, responses=_errors(401, 409, 422, 503))
     async def submit(spec: JobSpec, jobs: JobStoreDep) -> JobStatus:
-        """Submit a job (prefilter, extract, filter, sft_data, rationale_pipeline)."""
+        """Submit a job (prefilter, extract, filter, sft_data, rationale_pipeline,
+        train_rationalyst, tripost_collect)."""
         return await jobs.create(spec)
 
     @router.get("", responses=_errors(401, 422, 503))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Histogram
 
 from shared.errors import ServiceError
-from shared.gateway_schemas import ReasonResponse, SelectResponse, StageTimings
+from shared.gateway_schemas import ReasonResponse, SelectResponse, StageTimings, VerifyResponse
 from shared.http import HttpMetrics
 
 _STAGE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120)
@@ -73,6 +73,12 @@ class GatewayMetrics:
             ["via"],
             registry=registry,
         )
+        self.verifications = Counter(
+            f"{namespace}_verifications_total",
+            "Solutions checked by /v1/verify, by verifier and verdict.",
+            ["verifier", "verdict"],
+            registry=registry,
+        )
         self.deadlines = Counter(
             f"{namespace}_deadline_reached_total",
             "Searches cut short by their deadline.",
@@ -119,6 +125,14 @@ class GatewayMetrics:
         self.duplicates.inc(sum(c.duplicate_of is not None for c in response.candidates))
         for fb in response.fallbacks:
             self.fallbacks.labels(fb.service, fb.from_heuristic.value, fb.to_heuristic.value).inc()
+
+    def observe_verify(self, response: VerifyResponse) -> None:
+        verdict = (
+            "unparseable"
+            if response.unparseable
+            else ("correct" if response.correct else "incorrect")
+        )
+        self.verifications.labels(response.verifier.value, verdict).inc()
 
     def observe_error(self, endpoint: str, exc: ServiceError) -> None:
         self.errors.labels(endpoint, exc.type).inc()

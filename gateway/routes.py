@@ -21,6 +21,8 @@ from shared.gateway_schemas import (
     ReasonResponse,
     SelectRequest,
     SelectResponse,
+    VerifyRequest,
+    VerifyResponse,
 )
 from shared.http import error_responses, on_close
 from shared.openai_schemas import ModelCard, ModelList
@@ -40,6 +42,13 @@ _SEARCH = error_responses(
         "gateway is busy.",
         504: "A model service timed out.",
     },
+)
+_VERIFY = error_responses(
+    401,
+    422,
+    503,
+    504,
+    notes={503: "The LLM verifier's model service is down.", 504: "The LLM verifier timed out."},
 )
 _CANCEL = error_responses(401, 404, 422, notes={404: "No search with this id is running."})
 
@@ -93,6 +102,12 @@ async def cancel_reason(search_id: str, state: StateDep) -> CancelResponse:
 async def select(req: SelectRequest, state: StateDep, rid: RequestIdDep) -> Response:
     """Rank caller-supplied candidate next steps of a trajectory."""
     return _json(await handlers.select(state, req, rid))
+
+
+@router.post("/v1/verify", response_model=VerifyResponse, responses=_VERIFY)
+async def verify(req: VerifyRequest, state: StateDep, rid: RequestIdDep) -> Response:
+    """Check a step-by-step solution: all correct, or its first error step and why."""
+    return _json(await handlers.verify(state, req, rid))
 
 
 @router.post(

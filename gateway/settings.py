@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
@@ -77,6 +77,17 @@ class GatewaySettings(CommonSettings, JobStoreSettings):
         ge=1,
         description="Largest file accepted by `POST /v1/files` (413 beyond; default 512 MiB). "
         "Uploads are kept under `<artifacts>/_files`.",
+    )
+    max_solution_chars: int = Field(
+        default=16000, ge=1, description="Longest solution /v1/verify accepts (422 beyond)."
+    )
+    verifier_service: Literal["rationalyst", "agent", "scorer"] = Field(
+        default="scorer",
+        description="Model service whose /v1/chat/completions is the LLM verifier of "
+        "/v1/verify (tasks without a scripted verifier, or `verifier: llm`).",
+    )
+    verifier_max_tokens: int = Field(
+        default=256, ge=16, le=2048, description="Most tokens of the LLM verifier's answer."
     )
     served_model_name: str = Field(
         default="rationalyst",

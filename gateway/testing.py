@@ -1,7 +1,8 @@
 """In-memory stand-ins for the model services, for unit tests of the loop and the app.
 
 A :class:`FakeModelService` answers like the real service from a small script: the agent's
-candidates per step, the scorer's score per candidate text, the rationalyst's rationale. It
+candidates per step, the scorer's score per candidate text, the rationalyst's rationale, a
+chat completion's text. It
 records every request, can fail (raise a typed error) from a given call on, and can be slow.
 """
 
@@ -14,6 +15,12 @@ from typing import Any
 
 from gateway.upstreams import Upstreams
 from shared.errors import ServiceError
+from shared.openai_schemas import (
+    ChatCompletionChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    OAChatMessage,
+)
 from shared.schemas import (
     Candidate,
     ContinuationScore,
@@ -41,6 +48,8 @@ class FakeModelService:
     )
     default_score: float = -1.0
     rationale_text: str | Callable[[RationaleRequest], str] = "think about the next step"
+    chat_text: str | Callable[[ChatCompletionRequest], str] = "Hello."
+    """What /v1/chat/completions answers (text, or a function of the request)."""
     fail: ServiceError | None = None
     fail_from_call: int = 0
     """``fail`` is raised by every call numbered >= this (0 = from the first call)."""
@@ -96,6 +105,15 @@ class FakeModelService:
                 for v in values
             ],
             prompt_tokens=100 + len(values),
+        )
+
+    async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse:
+        await self._enter("chat", req)
+        text = self.chat_text(req) if callable(self.chat_text) else self.chat_text
+        message = OAChatMessage(role="assistant", content=text)
+        return ChatCompletionResponse(
+            id="chatcmpl-fake",
+            choices=[ChatCompletionChoice(message=message, finish_reason="stop")],
         )
 
     async def ready(self) -> bool:

@@ -11,6 +11,7 @@ from typing import Literal, Protocol
 
 from gateway.settings import GatewaySettings
 from shared.clients import ModelServiceClient
+from shared.openai_schemas import ChatCompletionRequest, ChatCompletionResponse
 from shared.schemas import (
     ProposeRequest,
     ProposeResponse,
@@ -34,6 +35,8 @@ class ModelClient(Protocol):
     async def propose(self, req: ProposeRequest) -> ProposeResponse: ...
 
     async def score(self, req: ScoreRequest) -> ScoreResponse: ...
+
+    async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse: ...
 
     async def ready(self) -> bool: ...
 

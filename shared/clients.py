@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from shared.errors import ServiceUnavailable, UpstreamTimeout, from_body
 from shared.logging import REQUEST_ID_HEADER, request_id_var
+from shared.openai_schemas import ChatCompletionRequest, ChatCompletionResponse
 from shared.schemas import (
     ProposeRequest,
     ProposeResponse,
@@ -128,6 +129,14 @@ class ModelServiceClient(ServiceClient):
 
     async def score(self, req: ScoreRequest, timeout: float | None = None) -> ScoreResponse:
         return await self.post_model("/v1/score", req, ScoreResponse, timeout)
+
+    async def chat(
+        self, req: ChatCompletionRequest, timeout: float | None = None
+    ) -> ChatCompletionResponse:
+        """OpenAI-compatible ``POST /v1/chat/completions`` (not streamed)."""
+        body = req.model_dump(mode="json", exclude_none=True)
+        response = await self.request("POST", "/v1/chat/completions", json=body, timeout=timeout)
+        return ChatCompletionResponse.model_validate(response.json())
 
     async def switch_model(self, model: str, timeout: float | None = 900.0) -> SwitchModelResponse:
         """Switch the served model (``POST /admin/model``; the service needs its internal

@@ -1,5 +1,5 @@
-"""Wire schemas of the gateway's public API: /v1/reason, /v1/select and the OpenAI-compatible
-/v1/chat/completions.
+"""Wire schemas of the gateway's public API: /v1/reason, /v1/select, /v1/verify and the
+OpenAI-compatible /v1/chat/completions.
 
 Request models of the gateway's own endpoints forbid unknown fields (a typo is a 422 naming the
 field). The OpenAI-compatible models tolerate extras, as OpenAI clients send fields the gateway
@@ -16,6 +16,8 @@ from pydantic import BaseModel, Field, StringConstraints, field_validator
 from shared.openai_schemas import Lenient, OAChatMessage
 from shared.openai_schemas import Usage as CompletionUsage
 from shared.schemas import Demo, NonEmptyStr, Strict
+from shared.verify.registry import VerifierKind
+from shared.verify.verdict import Verdict
 
 Question = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 """A question: surrounding whitespace is dropped, and nothing may remain empty."""
@@ -266,6 +268,41 @@ class SelectResponse(Strict):
     warnings: list[str] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
     timings: StageTimings
+
+
+# --------------------------------------------------------------------------------------------
+# POST /v1/verify
+
+
+class VerifyRequest(Strict):
+    """Check an attempted step-by-step solution: all correct, or where it first goes wrong."""
+
+    task: NonEmptyStr = Field(
+        description="Task name (`multistep_arithmetic`, `word_sorting`, `date_understanding`, "
+        "...): it picks the verifier and tells the LLM verifier what the task is."
+    )
+    question: Question = Field(description="The question, as the task writes it.")
+    solution: Question = Field(
+        description='The attempt in TriPosT\'s format: one step per line, "(1) ...", nested '
+        '"(3.1) ..." for word sorting, last "(Final response) So the answer is X."'
+    )
+    verifier: VerifierKind | None = Field(
+        default=None,
+        description="`scripted` or `llm`; default: scripted where the task has a scripted "
+        "verifier, else llm.",
+    )
+
+
+class VerifyResponse(Verdict):
+    """The verdict, and who gave it."""
+
+    id: str | None = Field(default=None, description="The request id.")
+    task: str = Field(description="The task's canonical name.")
+    verifier: VerifierKind = Field(description="The verifier that judged.")
+    model_output: str | None = Field(
+        default=None, description="The LLM verifier's answer as it wrote it (llm only)."
+    )
+    elapsed_ms: float = Field(description="Time the verification took.")
 
 
 # --------------------------------------------------------------------------------------------

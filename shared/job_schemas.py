@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from shared.schemas import NonEmptyStr, Strict
 
@@ -28,6 +28,7 @@ class JobKind(StrEnum):
     sft_data = "sft_data"
     rationale_pipeline = "rationale_pipeline"
     train_rationalyst = "train_rationalyst"
+    tripost_collect = "tripost_collect"
 
 
 STAGE_KINDS: tuple[JobKind, ...] = (
@@ -379,6 +380,92 @@ class TrainRationalystSpec(Strict):
 
 
 # --------------------------------------------------------------------------------------------
+# TriPosT data collection (REFERENCE.md 2.1)
+
+
+class TripostImprover(StrEnum):
+    scripted = "scripted"
+    """The task's own correct steps from the first error on (tasks with a scripted verifier;
+    the attempt's correct steps must be the gold rationale's)."""
+    llm = "llm"
+    """A model service rewrites the attempt from the first error step, given the feedback."""
+
+
+class TripostCollectSpec(Strict):
+    """Collect TriPosT self-improvement data: the agent attempts each training question; a
+    verifier gives feedback; an improver rewrites wrong attempts from the first error step
+    (earlier steps kept) until they verify; the trajectories become single-turn samples
+    ``Answer: ... / Feedback: ... / Updated Answer: ...``, rebalanced by kind."""
+
+    kind: Literal[JobKind.tripost_collect]
+    name: str | None = Field(default=None, max_length=200, description="A label for listings.")
+    task: NonEmptyStr = Field(
+        description="The task of the training questions (`multistep_arithmetic_seen`, "
+        "`word_sorting_seen`, `date_understanding`, `jsonl:<path>` on the worker, ...)."
+    )
+    items: int = Field(default=100, ge=1, le=1_000_000, description="Training questions.")
+    seed: int = Field(default=0, description="Order of the task's items, sampling, rebalancing.")
+    shard_size: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="Questions per shard (default: setting)."
+    )
+    verifier: Literal["scripted", "llm"] | None = Field(
+        default=None,
+        description="Default: the task's scripted verifier where it has one, else llm.",
+    )
+    improver: TripostImprover | None = Field(
+        default=None,
+        description="Default: scripted where the task has a scripted verifier, else llm.",
+    )
+    llm_service: Literal["agent", "scorer"] = Field(
+        default="scorer", description="Model service of the LLM verifier and LLM improver."
+    )
+    attempts: int = Field(
+        default=1, ge=1, le=5, description="Sampling passes of the agent per question."
+    )
+    max_rounds: int = Field(
+        default=5, ge=1, le=10, description="Improvement rounds per trajectory at most."
+    )
+    temperature: float = Field(
+        default=0.7, ge=0.0, le=2.0, description="Agent sampling temperature of the attempts."
+    )
+    max_tokens: int = Field(
+        default=512, ge=16, le=4096, description="Most tokens of an attempt or an improvement."
+    )
+    few_shot: int = Field(
+        default=3, ge=0, le=8, description="Worked examples in the agent's prompt."
+    )
+    improvement_ratio: float = Field(default=1.5, ge=0.0, description="Share of improvements.")
+    non_improvement_ratio: float = Field(
+        default=1.0, ge=0.0, description="Share of attempts right at once (all-correct feedback)."
+    )
+    gold_ratio: float = Field(
+        default=1.0, ge=0.0, description="Share of gold rationales (all-correct feedback)."
+    )
+
+    @field_validator("improver")
+    @classmethod
+    def _scripted_needs_a_script(
+        cls, v: TripostImprover | None, info: ValidationInfo
+    ) -> TripostImprover | None:
+        from shared.verify.registry import scripted_verifier
+
+        task = info.data.get("task")
+        if v is TripostImprover.scripted and task and scripted_verifier(task) is None:
+            raise ValueError(f"{task} has no scripted verifier; use improver 'llm'")
+        return v
+
+    @field_validator("verifier")
+    @classmethod
+    def _scripted_verifier(cls, v: str | None, info: ValidationInfo) -> str | None:
+        from shared.verify.registry import scripted_verifier
+
+        task = info.data.get("task")
+        if v == "scripted" and task and scripted_verifier(task) is None:
+            raise ValueError(f"{task} has no scripted verifier; use 'llm'")
+        return v
+
+
+# --------------------------------------------------------------------------------------------
 # Job specs (POST /v1/jobs)
 
 
@@ -434,7 +521,8 @@ JobSpec = Annotated[
     | FilterSpec
     | SftDataSpec
     | RationalePipelineSpec
-    | TrainRationalystSpec,
+    | TrainRationalystSpec
+    | TripostCollectSpec,
     Field(discriminator="kind"),
 ]
 

@@ -76,6 +76,25 @@ class Usage(BaseModel):
     total_tokens: int = 0
 
 
+class ChatCompletionChoice(Lenient):
+    index: int = 0
+    message: OAChatMessage
+    finish_reason: str | None = None
+
+
+class ChatCompletionResponse(Lenient):
+    """An OpenAI chat completion as a client reads it (any OpenAI-compatible server)."""
+
+    id: str = ""
+    model: str | None = None
+    choices: list[ChatCompletionChoice] = Field(min_length=1)
+    usage: Usage | None = None
+
+    def text(self) -> str:
+        """The first choice's text."""
+        return self.choices[0].message.text()
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"

@@ -146,7 +146,8 @@ def submit(
     kind: Annotated[
         str | None,
         typer.Option(
-            help="prefilter, extract, filter, sft_data, rationale_pipeline or train_rationalyst."
+            help="prefilter, extract, filter, sft_data, rationale_pipeline, train_rationalyst "
+            "or tripost_collect."
         ),
     ] = None,
     input_paths: Annotated[

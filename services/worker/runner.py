@@ -47,6 +47,7 @@ from services.worker.runtime import WorkerRuntime
 from services.worker.stages import build_stage
 from services.worker.stages.base import JobStopped, StageContext
 from services.worker.stages.train import training_input
+from services.worker.stages.tripost import tripost_input
 from shared.job_schemas import (
     InputFormat,
     InputSpec,
@@ -55,6 +56,7 @@ from shared.job_schemas import (
     RecordError,
     StageState,
     TrainRationalystSpec,
+    TripostCollectSpec,
     stage_kinds,
 )
 from shared.jobs_store import KEY_PREFIX, job_dir
@@ -97,9 +99,12 @@ class JobRunner:
         return self._plans[paths.plan]
 
     def stage_input(self, job_id: str, spec: Any, k: int, kinds: list[JobKind]) -> InputSpec:
-        """Stage 0 reads the job's input; a later stage reads the previous one's output."""
+        """Stage 0 reads the job's input (a training job's rows, a TriPosT job's questions);
+        a later stage reads the previous one's output."""
         if k == 0 and isinstance(spec, TrainRationalystSpec):
             return training_input(spec, self.root)
+        if k == 0 and isinstance(spec, TripostCollectSpec):
+            return tripost_input(spec, self.root, job_id)
         if k == 0:
             result: InputSpec = spec.input
             return result
@@ -156,13 +161,13 @@ class JobRunner:
         if paths.plan.exists():
             plan = self.load_plan(paths)
         else:
-            input_spec = self.stage_input(job_id, spec, k, kinds)
+            input_spec = await asyncio.to_thread(self.stage_input, job_id, spec, k, kinds)
             stage = build_stage(spec, kind)
             if stage.single_shard:
                 shard_size = SINGLE_SHARD
             else:
                 shard_size = getattr(spec, "shard_size", None) or self.rt.settings.shard_size
-            limit = spec.limit if k == 0 else None
+            limit = getattr(spec, "limit", None) if k == 0 else None
             access = self.input_access(spec, k)
             p = await asyncio.to_thread(plan_inputs, input_spec, shard_size, access, limit=limit)
             if stage.single_shard and not p.records_total:

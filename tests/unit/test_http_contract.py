@@ -32,6 +32,7 @@ GATEWAY: dict[tuple[str, str], set[int]] = {
     ("POST", "/v1/select"): SEARCH,
     ("POST", "/v1/chat/completions"): SEARCH,
     ("POST", "/v1/reason/{search_id}/cancel"): {401, 404, 422},
+    ("POST", "/v1/verify"): SEARCH,
     ("POST", "/v1/chat/completions/{completion_id}/cancel"): {401, 404, 422},
     ("GET", "/v1/models"): {401},
     ("POST", "/v1/jobs"): JOBS | {409},

@@ -12,6 +12,7 @@ from services.worker.stages.filter import FilterStage
 from services.worker.stages.prefilter import PrefilterStage
 from services.worker.stages.sft import SftStage
 from services.worker.stages.train import TrainStage
+from services.worker.stages.tripost import TripostCollectStage
 from shared.job_schemas import (
     ExtractOptions,
     FilterOptions,
@@ -20,6 +21,7 @@ from shared.job_schemas import (
     RationalePipelineSpec,
     SftOptions,
     TrainRationalystSpec,
+    TripostCollectSpec,
 )
 
 STAGES: dict[JobKind, tuple[type[Stage], type[BaseModel]]] = {
@@ -28,6 +30,7 @@ STAGES: dict[JobKind, tuple[type[Stage], type[BaseModel]]] = {
     JobKind.filter: (FilterStage, FilterOptions),
     JobKind.sft_data: (SftStage, SftOptions),
     JobKind.train_rationalyst: (TrainStage, TrainRationalystSpec),
+    JobKind.tripost_collect: (TripostCollectStage, TripostCollectSpec),
 }
 
 
