@@ -38,6 +38,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -133,7 +135,21 @@ class ServedModel:
         role = self.settings.role.value
         logger.error("%s: reloading %s after an engine failure", role, slot.model)
         settings = self.settings.model_copy(update={"model": slot.model})
-        self._begin(slot.model, self._load(settings, slot.location, None))
+        task = self._begin(slot.model, self._load(settings, slot.location, None))
+        task.add_done_callback(self._reload_done)
+
+    def _reload_done(self, task: asyncio.Task[_Slot]) -> None:
+        """A reload that failed leaves nothing to serve with: stop the process, so that its
+        supervisor (compose's restart policy, Kubernetes) starts a fresh one."""
+        if task.cancelled() or task.exception() is None:
+            return
+        logger.critical("the engine could not be reloaded: stopping the service to be restarted")
+        self.on_unrecoverable()
+
+    def on_unrecoverable(self) -> None:
+        """What to do when the model cannot be served again in-process (default: SIGTERM to
+        this process; uvicorn shuts down and the process exits)."""
+        os.kill(os.getpid(), signal.SIGTERM)
 
     @contextlib.contextmanager
     def lease(self) -> Iterator[ModelService]:

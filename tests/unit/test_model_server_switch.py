@@ -410,3 +410,58 @@ async def test_old_engine_is_closed_after_a_bounded_wait(
     assert "still in flight" in caplog.text
     await served.close()
     assert harness.engines["trained-a"].closed
+
+
+# -- an engine that fails beyond recovery ----------------------------------------------------
+
+
+async def eventually(check: Callable[[], Any], tries: int = 200) -> None:
+    for _ in range(tries):
+        if await check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition never held")
+
+
+def break_engine(engine: TrackedEngine) -> None:
+    engine.fail = MemoryError()  # FakeEngine turns unhealthy on a MemoryError
+    engine.fatal = "MemoryError: out of memory"  # type: ignore[attr-defined]
+
+
+async def test_fatal_failure_fails_health_then_the_model_is_reloaded(harness, asgi_client) -> None:
+    app = harness.app()
+    async with asgi_client(app) as client:
+        assert (await client.get("/health")).status_code == 200
+        break_engine(harness.engines["old"])
+        sick = await client.get("/health")
+        assert sick.status_code == 503
+        assert "reloading" in sick.json()["error"]["message"]
+
+        async def healthy_again() -> bool:
+            return (await client.get("/health")).status_code == 200
+
+        await eventually(healthy_again)
+        assert (await client.get("/ready")).status_code == 200
+        r = await client.post("/v1/propose", json=QUESTION, headers=AUTH)
+        assert r.status_code == 200
+    reloaded = next(e for name, e in harness.engines.items() if name != "old")
+    assert f"{reloaded.name} generate" in harness.events
+    assert harness.engines["old"].closed
+
+
+async def test_a_reload_that_fails_stops_the_service(harness, asgi_client) -> None:
+    app = harness.app()
+    stopped: list[bool] = []
+    app.state.model.on_unrecoverable = lambda: stopped.append(True)
+    harness.prepare["smollm2-135m-instruct"] = lambda e: setattr(
+        e, "start_error", RuntimeError("cannot allocate memory")
+    )
+    async with asgi_client(app) as client:
+        break_engine(harness.engines["old"])
+        assert (await client.get("/health")).status_code == 503
+
+        async def gave_up() -> bool:
+            return bool(stopped)
+
+        await eventually(gave_up)
+        assert (await client.get("/health")).status_code == 503
