@@ -23,6 +23,7 @@ an error answer EngineError (503) carrying the upstream's message.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
@@ -270,9 +271,12 @@ class RemoteEngine:
         """
         self._check_open()
         check_generation(prompt_ids, params, self.max_model_len, None)
+        # Greedy samples are one sample: ask once (vLLM upstreams refuse n > 1 when greedy).
+        copies = params.n if params.greedy else 1
+        n = 1 if params.greedy else params.n
         body: dict[str, Any] = {
             "model": self.upstream_model,
-            "n": params.n,
+            "n": n,
             "temperature": params.temperature,
             "top_p": params.top_p,
             "max_tokens": min(params.max_tokens, self.max_model_len - len(prompt_ids)),
@@ -287,10 +291,12 @@ class RemoteEngine:
         self._hook(self.on_tokens, "prompt", len(prompt_ids))
         data = await self._generate_request(body, list(prompt_ids))
         choices = sorted(data["choices"], key=lambda c: int(c.get("index", 0)))
-        if len(choices) != params.n:
-            raise EngineError(f"remote backend returned {len(choices)} choices for n={params.n}")
+        if len(choices) != n:
+            raise EngineError(f"remote backend returned {len(choices)} choices for n={n}")
         completions = [self._completion(c) for c in choices]
         self._hook(self.on_tokens, "completion", sum(len(c.token_ids) for c in completions))
+        if copies > 1:
+            completions = [copy.deepcopy(completions[0]) for _ in range(copies)]
         return completions
 
     async def _generate_request(self, body: dict[str, Any], prompt_ids: list[int]) -> Any:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import gc
 import itertools
 import logging
@@ -34,6 +35,7 @@ import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from services.model_server.engines.base import (
@@ -335,6 +337,10 @@ class VllmEngine:
         """
         self._check_open()
         check_generation(prompt_ids, params, self.max_model_len, self._vocab_size)
+        copies = 1
+        if params.greedy and params.n > 1:
+            # vLLM refuses n > 1 with greedy sampling; the n greedy outputs are one output.
+            copies, params = params.n, replace(params, n=1, temperature=0.0)
         sampling = self._sampling(
             n=params.n,
             temperature=params.temperature,
@@ -353,6 +359,8 @@ class VllmEngine:
             self._inflight -= params.n
         completions = [self._completion(o) for o in sorted(out.outputs, key=lambda o: o.index)]
         self._hook(self.on_tokens, "completion", sum(len(o.token_ids) for o in out.outputs))
+        if copies > 1:
+            completions = [copy.deepcopy(completions[0]) for _ in range(copies)]
         return completions
 
     def _completion(self, out: Any) -> Completion:
