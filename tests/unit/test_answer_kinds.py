@@ -86,6 +86,7 @@ def test_detect_answer_kind_on_the_registry_generated_tasks() -> None:
     for name, kind in [
         ("multistep_arithmetic_seen", NUMBER),
         ("word_sorting_seen", WORDS),
+        ("word_problems", NUMBER),
     ]:
         task = get_task(name)
         assert task.kind is kind
