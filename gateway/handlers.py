@@ -71,6 +71,7 @@ async def reason(state: GatewayState, req: ReasonRequest, request_id: str | None
                 state.upstreams,
                 max_deadline_s=state.settings.max_deadline_s,
                 request_id=request_id,
+                answer_grace_s=state.settings.answer_grace_s,
             )
         except ServiceError as exc:
             state.metrics.observe_error("reason", exc)
@@ -146,7 +147,11 @@ async def open_stream(
     check_question(req.question, state)
     await state.limiter.acquire()
     reasoner = loop.Reasoner(
-        req, state.upstreams, max_deadline_s=state.settings.max_deadline_s, request_id=request_id
+        req,
+        state.upstreams,
+        max_deadline_s=state.settings.max_deadline_s,
+        request_id=request_id,
+        answer_grace_s=state.settings.answer_grace_s,
     )
     items = reasoner.run()
     try:

@@ -177,7 +177,11 @@ async def test_failures_are_recorded_left_out_and_retried(tmp_path: Path) -> Non
 
 
 async def test_unparsed_answers_count_as_wrong(tmp_path: Path) -> None:
-    rambling = FakeModelService("agent", proposals=(("I keep thinking.", "Hmm, more thought."),))
+    def ramble(r: ProposeRequest) -> list[str]:
+        """New thoughts every step, and nothing readable even when asked for the answer."""
+        return [""] * r.n if r.step_prefix else [f"I keep thinking ({len(r.steps)})."] * r.n
+
+    rambling = FakeModelService("agent", proposals=ramble)
     async with gateway(agent=rambling) as client:
         result = await run_evaluation(spec(tmp_path, n=2, heuristics=["likelihood"]), client=client)
     for cell in result.cells:
