@@ -238,6 +238,10 @@ def reason(
     seed: Annotated[int | None, typer.Option(help="Seed.")] = None,
     deadline_s: Annotated[float | None, typer.Option(help="Wall-clock budget.")] = None,
     max_step_tokens: Annotated[int | None, typer.Option(help="Tokens per step.")] = None,
+    answer_kind: Annotated[
+        str | None,
+        typer.Option(help="number, boolean, choice, word_list or text (default: detected)."),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the raw response.")] = False,
     timeout: Annotated[float, typer.Option(help="HTTP timeout in seconds.")] = 900.0,
 ) -> None:
@@ -258,6 +262,7 @@ def reason(
         "seed": seed,
         "deadline_s": deadline_s,
         "max_step_tokens": max_step_tokens,
+        "answer_kind": answer_kind,
     }
     body.update({k: v for k, v in optional.items() if v is not None})
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -284,7 +289,8 @@ def render_response(console: Any, data: dict[str, Any]) -> None:
 
     for step in data["trace"]:
         t = Table(
-            title=f"step {step['index'] + 1} ({step['heuristic']})",
+            title=f"step {step['index'] + 1} ({step['heuristic']}"
+            + (", the answer step asked for)" if step.get("forced_answer") else ")"),
             title_justify="left",
             caption=f"rationale: {step['rationale']}" if step.get("rationale") else None,
             caption_justify="left",
@@ -297,6 +303,8 @@ def render_response(console: Any, data: dict[str, Any]) -> None:
             score = "-" if cand["score"] is None else f"{cand['score']:.3f}"
             if cand.get("duplicate_of") is not None:
                 score += f" (dup of {cand['duplicate_of'] + 1})"
+            if cand.get("repeat_of") is not None:
+                score += f" (repeats step {cand['repeat_of'] + 1})"
             mark = "*" if i == step["chosen"] else ""
             style = "bold green" if i == step["chosen"] else None
             t.add_row(mark, score, cand["text"], style=style)
@@ -306,7 +314,8 @@ def render_response(console: Any, data: dict[str, Any]) -> None:
     timings = data["timings"]
     console.print(
         f"heuristic {data['heuristic_requested']} -> {data['heuristic_used']}; "
-        f"{len(data['steps'])} step(s); finished={data['finished']}; "
+        f"{len(data['steps'])} step(s); finish={data.get('finish')}; "
+        f"answer kind {data.get('answer_kind')}; "
         f"{timings['total_ms'] / 1000:.1f}s (gateway overhead {timings['overhead_ms']:.0f} ms)"
     )
     for warning in data.get("warnings", []):

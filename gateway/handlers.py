@@ -77,7 +77,11 @@ async def readiness(state: GatewayState) -> dict[str, Any]:
 
 def _reasoner(state: GatewayState, req: ReasonRequest, request_id: str | None) -> loop.Reasoner:
     return loop.Reasoner(
-        req, state.upstreams, max_deadline_s=state.settings.max_deadline_s, request_id=request_id
+        req,
+        state.upstreams,
+        max_deadline_s=state.settings.max_deadline_s,
+        request_id=request_id,
+        answer_grace_s=state.settings.answer_grace_s,
     )
 
 

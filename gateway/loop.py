@@ -5,11 +5,19 @@ Per step, with trajectory T = question + steps chosen so far:
 1. the rationalyst writes a rationale for T and, at the same time, the agent proposes
    ``n_candidates`` next steps (explicit supervision: the agent waits for the rationale, which
    goes into its prompt);
-2. identical candidates (whitespace-normalized) are merged, the first kept;
+2. candidates that repeat a step of the trajectory are dropped (when all do, the agent is
+   asked once more, hotter; when those all repeat too, the search stops); identical
+   candidates (whitespace-normalized) are merged, the first kept;
 3. the scorer scores all distinct candidates in ONE /v1/score call, each as the next assistant
    turn after :func:`gateway.prompts.scoring_context`;
-4. the best is kept (first on ties); the loop stops as soon as the kept step states an answer,
-   or after ``max_steps``.
+4. the best is kept (first on ties; an answer of the wrong kind gives way to one of the
+   expected kind, see :mod:`gateway.answering`); the loop stops as soon as the kept step
+   states an answer, or after ``max_steps``.
+
+A search that ends without an answer step (max_steps, deadline, no usable candidates) asks the
+agent for one more step forced to open with the demos' answer prefix ("The answer is:"),
+scored like any step, so that a response carries an answer unless the model writes nothing
+readable; ``finish`` says which way it ended.
 
 Degradation (non-strict requests): when the rationalyst is down the run continues as
 ``likelihood``; when the scorer is down, as ``random``. Each switch is recorded in
@@ -34,8 +42,16 @@ import random
 import time
 from collections.abc import AsyncGenerator, Awaitable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from gateway.answering import (
+    all_repeat,
+    answer_fits,
+    choose_few_shot,
+    find_repeats,
+    prefer_answer_kind,
+    retry_temperature,
+)
 from gateway.heuristics import (
     Ranking,
     StepHeuristic,
@@ -45,12 +61,13 @@ from gateway.heuristics import (
 )
 from gateway.prompts import scoring_context
 from gateway.upstreams import ServiceName, Upstreams
+from shared.answer_kinds import AnswerKind
 from shared.answers import contains_end_phrase, extract_answer
 from shared.errors import InvalidRequest, ServiceError, ServiceUnavailable
-from shared.fewshot import DEFAULT_DEMOS
 from shared.gateway_schemas import (
     CandidateTrace,
     Fallback,
+    Finish,
     Heuristic,
     ReasonRequest,
     ReasonResponse,
@@ -79,6 +96,11 @@ DOWN_ERRORS: tuple[type[ServiceError], ...] = (ServiceUnavailable,)
 """Upstream failures that trigger a fallback (non-strict) instead of failing the request: the
 service is unreachable or answered 503. A timeout (UpstreamTimeout) is not one of them."""
 
+DEFAULT_ANSWER_GRACE_S = 10.0
+"""Longest the forced answer step may run past the deadline (GATEWAY_ANSWER_GRACE_S)."""
+RETRY_SEED_OFFSET = 1_000_003
+"""Added to a step's seed for the retry after every candidate repeated the trajectory."""
+
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
@@ -89,15 +111,18 @@ def normalize(text: str) -> str:
     return " ".join(text.split())
 
 
-def merge_duplicates(texts: Sequence[str]) -> tuple[list[int], list[int | None]]:
+def merge_duplicates(
+    texts: Sequence[str], skip: Sequence[bool] | None = None
+) -> tuple[list[int], list[int | None]]:
     """Indices of the distinct non-empty candidates (first occurrences) and, per candidate,
-    the index of the earlier identical one it duplicates (None for originals and empties)."""
+    the index of the earlier identical one it duplicates (None for originals and empties).
+    Candidates marked in ``skip`` are left out like empty ones."""
     first: dict[str, int] = {}
     distinct: list[int] = []
     duplicate_of: list[int | None] = []
     for i, text in enumerate(texts):
         key = normalize(text)
-        if not key:
+        if not key or (skip is not None and skip[i]):
             duplicate_of.append(None)
             continue
         if key in first:
@@ -158,6 +183,7 @@ class _Run:
         seed: int | None,
         decay: float,
         demos: Sequence[Demo] | None,
+        answer_kind: AnswerKind | None = None,
     ) -> None:
         self.upstreams = upstreams
         self.question = question
@@ -167,9 +193,10 @@ class _Run:
         self.rng = random.Random(self.seed)
         self.heuristic: StepHeuristic = build_heuristic(requested, rng=self.rng)
         self.decay = decay
-        self.demos: list[Demo] = list(DEFAULT_DEMOS if demos is None else demos)
+        self.few_shot = choose_few_shot(question, demos, answer_kind)
+        self.demos: list[Demo] = self.few_shot.demos
         self.fallbacks: list[Fallback] = []
-        self.warnings: list[str] = []
+        self.warnings: list[str] = list(self.few_shot.warnings)
         self.counters: dict[ServiceName, _ServiceCounter] = {
             "rationalyst": _ServiceCounter(),
             "agent": _ServiceCounter(),
@@ -246,12 +273,14 @@ class _Run:
         step: int,
         *,
         score_single: bool = False,
+        skip: Sequence[bool] | None = None,
     ) -> _Selection:
         """Merge duplicates and rank the distinct candidates with the current heuristic.
 
         A single distinct candidate is taken without a scorer call unless ``score_single``.
+        Candidates marked in ``skip`` are neither scored nor chosen.
         """
-        distinct, duplicate_of = merge_duplicates(texts)
+        distinct, duplicate_of = merge_duplicates(texts, skip)
         traces = [
             CandidateTrace(text=t, duplicate_of=d) for t, d in zip(texts, duplicate_of, strict=True)
         ]
@@ -302,6 +331,7 @@ class Reasoner(_Run):
         *,
         max_deadline_s: float = 600.0,
         request_id: str | None = None,
+        answer_grace_s: float = DEFAULT_ANSWER_GRACE_S,
     ) -> None:
         super().__init__(
             upstreams,
@@ -311,8 +341,10 @@ class Reasoner(_Run):
             seed=request.seed,
             decay=request.decay,
             demos=request.few_shot,
+            answer_kind=request.answer_kind,
         )
         self.request = request
+        self.answer_grace_s = answer_grace_s
         self.request_id = request_id
         self.deadline_s = min(request.deadline_s or math.inf, max_deadline_s)
         self.steps: list[str] = []
@@ -321,6 +353,9 @@ class Reasoner(_Run):
         self.deadline_reached = False
         self.cancelled = False
         self._step_timeout: asyncio.Timeout | None = None
+        self.forced_answer = False
+        self.out_of_candidates = False
+        self.repeats = 0
         if request.heuristic is Heuristic.greedy:
             if "n_candidates" in request.model_fields_set and request.n_candidates != 1:
                 self.warnings.append("greedy proposes one candidate per step; n_candidates ignored")
@@ -331,26 +366,42 @@ class Reasoner(_Run):
         else:
             self.temperature = request.temperature
 
-    async def _propose(self, n: int, rationale: str | None, step: int) -> ProposeResponse:
+    async def _propose(
+        self,
+        n: int,
+        rationale: str | None,
+        step: int,
+        *,
+        temperature: float | None = None,
+        seed_offset: int = 0,
+        prefix: str | None = None,
+    ) -> ProposeResponse:
+        seed = self.request.seed
         req = ProposeRequest(
             question=self.question,
             steps=list(self.steps),
             n=n,
-            temperature=self.temperature,
-            seed=None if self.request.seed is None else self.request.seed + step,
+            temperature=self.temperature if temperature is None else temperature,
+            seed=None if seed is None else seed + step + seed_offset,
             max_tokens=self.request.max_step_tokens,
             few_shot=self.demos,
             rationale=rationale,
+            step_prefix=prefix,
         )
         res = await self._call("agent", self.upstreams.agent.propose(req))
         self.counters["agent"].add(completion=sum(c.num_tokens for c in res.candidates))
         return res
 
-    async def _step(self, index: int) -> StepTrace | None:
-        """Run one step; None when the agent proposed nothing usable (the run ends)."""
+    async def _step(self, index: int, *, forced: bool = False) -> StepTrace | None:
+        """Run one step; None when the agent proposed nothing usable (the run ends).
+
+        ``forced``: the answer step, every candidate opening with the demos' answer prefix;
+        candidates that state no readable answer are not chosen, and there is no retry.
+        """
         start = time.perf_counter()
         h = self.heuristic
         n = h.num_candidates(self.request.n_candidates)
+        prefix = self.few_shot.answer_prefix if forced else None
         rationale: RationaleResponse | None = None
         rationale_ms: float | None = None
         propose_ms: float | None = None
@@ -363,13 +414,13 @@ class Reasoner(_Run):
             finally:
                 rationale_ms = _ms(time.perf_counter() - t)
 
-        async def timed_propose(r: str | None) -> ProposeResponse:
+        async def timed_propose(r: str | None, **kw: Any) -> ProposeResponse:
             nonlocal propose_ms
             t = time.perf_counter()
             try:
-                return await self._propose(n, r, index)
+                return await self._propose(n, r, index, prefix=prefix, **kw)
             finally:
-                propose_ms = _ms(time.perf_counter() - t)
+                propose_ms = round((propose_ms or 0.0) + _ms(time.perf_counter() - t), 3)
 
         phase1 = time.perf_counter()
         if h.wants_rationale and h.rationale_in_prompt:
@@ -379,28 +430,66 @@ class Reasoner(_Run):
             rationale, proposals = await _both(timed_rationale(), timed_propose(None))
         else:
             proposals = await timed_propose(None)
+        rationale_text = rationale.rationale if rationale else None
+        candidates = list(proposals.candidates)
+        texts = [c.text.strip() for c in candidates]
+        repeat_of = find_repeats(texts, self.steps)
+        retry_t: float | None = None
+        if not forced and all_repeat(texts, repeat_of):
+            # Every candidate says again what the trajectory already says: one more try,
+            # sampled hotter, before giving up.
+            retry_t = retry_temperature(self.temperature)
+            more = await timed_propose(
+                rationale_text if h.rationale_in_prompt else None,
+                temperature=retry_t,
+                seed_offset=RETRY_SEED_OFFSET,
+            )
+            candidates += more.candidates
+            texts += [c.text.strip() for c in more.candidates]
+            repeat_of = find_repeats(texts, self.steps)
         phase1_ms = _ms(time.perf_counter() - phase1)
 
-        texts = [c.text.strip() for c in proposals.candidates]
-        rationale_text = rationale.rationale if rationale else None
+        skip = [r is not None for r in repeat_of]
+        repeats = sum(skip)
+        self.repeats += repeats
+        if forced:
+            skip = [s or extract_answer(t) is None for s, t in zip(skip, texts, strict=True)]
         # Implicit supervision scores with the rationale; after a fallback there is none.
-        selection = await self.rank(self.steps, texts, rationale_text, index)
-        for trace, cand in zip(selection.candidates, proposals.candidates, strict=True):
+        selection = await self.rank(self.steps, texts, rationale_text, index, skip=skip)
+        for trace, cand, rep in zip(selection.candidates, candidates, repeat_of, strict=True):
             trace.num_tokens = cand.num_tokens
             trace.finish_reason = cand.finish_reason
+            trace.repeat_of = rep
         if selection.chosen is None:
-            self.warnings.append(f"the agent proposed no non-empty step at step {index}; stopping")
+            if forced:
+                self.warnings.append(
+                    f"the answer step asked for at step {index} states no readable answer"
+                )
+            elif repeats:
+                self.out_of_candidates = True
+                self.warnings.append(
+                    f"every candidate at step {index} repeated an earlier step, also when "
+                    f"sampled at temperature {retry_t:g}; stopping with the steps so far"
+                )
+            else:
+                self.out_of_candidates = True
+                self.warnings.append(
+                    f"the agent proposed no non-empty step at step {index}; stopping"
+                )
             return None
-        chosen_text = texts[selection.chosen]
+        chosen, step_warnings = self._check_answer_kind(selection.candidates, selection.chosen)
         return StepTrace(
             index=index,
             heuristic=selection.heuristic,
             rationale=rationale_text,
             rationale_logprob=rationale.mean_logprob if rationale else None,
             candidates=selection.candidates,
-            chosen=selection.chosen,
-            step=chosen_text,
+            chosen=chosen,
+            step=texts[chosen],
             duplicates=selection.duplicates,
+            repeats=repeats,
+            retry_temperature=retry_t,
+            forced_answer=forced,
             timings=StageTimings(
                 rationale_ms=rationale_ms,
                 propose_ms=propose_ms,
@@ -408,6 +497,7 @@ class Reasoner(_Run):
                 model_ms=round(phase1_ms + (selection.score_ms or 0.0), 3),
                 total_ms=_ms(time.perf_counter() - start),
             ),
+            warnings=step_warnings,
         )
 
     def cancel(self) -> None:
@@ -416,6 +506,71 @@ class Reasoner(_Run):
         self.cancelled = True
         if self._step_timeout is not None:
             self._step_timeout.reschedule(asyncio.get_running_loop().time())
+
+    def _check_answer_kind(
+        self, candidates: Sequence[CandidateTrace], chosen: int
+    ) -> tuple[int, list[str]]:
+        """The chosen index after the answer-kind check, and the step's warnings about it."""
+        kind, options = self.few_shot.answer_kind, self.few_shot.options
+        better = prefer_answer_kind(candidates, chosen, kind, options)
+        stated = extract_answer(candidates[chosen].text)
+        if better is not None:
+            return better, [
+                f"the best-scored answer {stated!r} does not read as {kind.value}; "
+                f"candidate {better} states one that does"
+            ]
+        if stated is not None and not answer_fits(stated, kind, options):
+            message = f"the answer {stated!r} does not read as {kind.value}"
+            self.warnings.append(message)
+            return chosen, [message]
+        return chosen, []
+
+    async def _force_answer(self, index: int, deadline: float) -> StepTrace | None:
+        """The answer step after a search that ran out without one; None when it fails.
+
+        It may run until the search's deadline or, when that is sooner (or past), for
+        ``min(answer_grace_s, deadline_s)`` from now. A failure or a timeout here is a warning
+        (in strict mode a failing service still raises): the steps chosen so far stand.
+        """
+        now = asyncio.get_running_loop().time()
+        until = max(deadline, now + min(self.answer_grace_s, self.deadline_s))
+        timeout = asyncio.timeout_at(until)
+        try:
+            async with timeout:
+                self._step_timeout = timeout  # cancel() ends it too
+                trace = await self._step(index, forced=True)
+        except TimeoutError:
+            if not timeout.expired():
+                raise
+            if self.cancelled:
+                self.warnings.append(f"cancelled during the answer step (step {index})")
+            else:
+                self.warnings.append(f"the answer step did not finish in time (step {index})")
+            return None
+        except ServiceError as exc:
+            if self.strict:
+                raise
+            self.warnings.append(f"the answer step failed (step {index}): {exc.message}")
+            return None
+        finally:
+            self._step_timeout = None
+        if trace is not None:
+            self.forced_answer = self.finished = True
+        return trace
+
+    def finish(self) -> Finish:
+        """How the search ended."""
+        if self.forced_answer:
+            return Finish.forced_answer
+        if self.finished:
+            return Finish.answer
+        if self.cancelled:
+            return Finish.cancelled
+        if self.deadline_reached:
+            return Finish.deadline
+        if self.out_of_candidates:
+            return Finish.no_candidates
+        return Finish.max_steps
 
     async def run(self) -> AsyncGenerator[StepTrace | ReasonResponse, None]:
         """Yield each step's trace as it is chosen, then the response."""
@@ -454,6 +609,12 @@ class Reasoner(_Run):
             if contains_end_phrase(trace.step):
                 self.finished = True
                 break
+        if not self.finished and not self.cancelled:  # a cancelled search stops here
+            forced = await self._force_answer(len(self.steps), deadline)
+            if forced is not None:
+                self.steps.append(forced.step)
+                self.trace.append(forced)
+                yield forced
         yield self.response(time.perf_counter() - start)
 
     def response(self, elapsed_s: float) -> ReasonResponse:
@@ -465,8 +626,14 @@ class Reasoner(_Run):
             answer=extract_answer("\n".join(self.steps)),
             steps=list(self.steps),
             finished=self.finished,
+            finish=self.finish(),
             deadline_reached=self.deadline_reached,
             cancelled=self.cancelled,
+            answer_kind=self.few_shot.answer_kind,
+            answer_kind_source=self.few_shot.answer_kind_source,
+            few_shot_source=self.few_shot.source,
+            few_shot_kind=self.few_shot.demo_kind,
+            repeats=self.repeats,
             heuristic_requested=self.requested,
             heuristic_used=self.heuristic.kind,
             seed=self.seed,
@@ -486,9 +653,16 @@ async def reason(
     *,
     max_deadline_s: float = 600.0,
     request_id: str | None = None,
+    answer_grace_s: float = DEFAULT_ANSWER_GRACE_S,
 ) -> ReasonResponse:
     """Run the loop to the end and return the response."""
-    reasoner = Reasoner(request, upstreams, max_deadline_s=max_deadline_s, request_id=request_id)
+    reasoner = Reasoner(
+        request,
+        upstreams,
+        max_deadline_s=max_deadline_s,
+        request_id=request_id,
+        answer_grace_s=answer_grace_s,
+    )
     return await run_to_end(reasoner)
 
 
@@ -518,6 +692,7 @@ async def select(
         seed=request.seed,
         decay=request.decay,
         demos=request.few_shot,
+        answer_kind=request.answer_kind,
     )
     if requested is Heuristic.rationalyst_explicit:
         run.warnings.append("rationalyst_explicit ranks given candidates as rationalyst")
@@ -550,6 +725,10 @@ async def select(
         heuristic_requested=requested,
         heuristic_used=run.heuristic.kind,
         seed=run.seed,
+        answer_kind=run.few_shot.answer_kind,
+        answer_kind_source=run.few_shot.answer_kind_source,
+        few_shot_source=run.few_shot.source,
+        few_shot_kind=run.few_shot.demo_kind,
         fallbacks=run.fallbacks,
         warnings=run.warnings,
         usage=run.usage(),

@@ -15,7 +15,9 @@ _STAGE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120
 class GatewayMetrics:
     """HTTP request metrics (composed, from :mod:`shared.http`) and search metrics.
 
-    The dedup rate is ``gateway_duplicate_candidates_total / gateway_candidates_total``.
+    The dedup rate is ``gateway_duplicate_candidates_total / gateway_candidates_total``; the
+    share of candidates that only repeated the trajectory is
+    ``gateway_repeated_candidates_total / gateway_candidates_total``.
     """
 
     def __init__(self, namespace: str = "gateway") -> None:
@@ -52,6 +54,18 @@ class GatewayMetrics:
         self.duplicates = Counter(
             f"{namespace}_duplicate_candidates_total",
             "Candidate steps merged as duplicates of an earlier one.",
+            registry=registry,
+        )
+        self.repeats = Counter(
+            f"{namespace}_repeated_candidates_total",
+            "Candidate steps dropped because they repeated a step of the trajectory.",
+            registry=registry,
+        )
+        self.finishes = Counter(
+            f"{namespace}_search_finish_total",
+            "Finished /v1/reason searches by how they ended (answer, forced_answer, max_steps, "
+            "deadline, no_candidates).",
+            ["finish"],
             registry=registry,
         )
         self.steps = Histogram(
@@ -109,6 +123,8 @@ class GatewayMetrics:
         self.overhead_seconds.observe(max(response.timings.overhead_ms, 0.0) / 1000.0)
         if response.deadline_reached:
             self.deadlines.inc()
+        self.finishes.labels(response.finish.value).inc()
+        self.repeats.inc(response.repeats)
         for step in response.trace:
             self._stages(step.timings)
             self.candidates.inc(len(step.candidates))

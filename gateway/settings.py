@@ -93,6 +93,12 @@ class GatewaySettings(CommonSettings, JobStoreSettings):
         default="rationalyst",
         description="Model name of the OpenAI-compatible endpoint (/v1/models lists it).",
     )
+    answer_grace_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="When a search ends without an answer, the agent is asked for the answer "
+        "step; past the deadline it may take this long (at most the request's own deadline_s).",
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

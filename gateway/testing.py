@@ -34,7 +34,9 @@ from shared.schemas import (
 
 ProposeScript = Sequence[Sequence[str]] | Callable[[ProposeRequest], Sequence[str]]
 """Candidates per step (indexed by the number of steps so far; the last entry repeats), or a
-function of the request."""
+function of the request. With a ``step_prefix`` in the request, each scripted text is what the
+model writes after the prefix, as with the real service (a text that already opens with the
+prefix is taken whole)."""
 
 
 @dataclass
@@ -82,6 +84,8 @@ class FakeModelService:
         else:
             script = self.proposals[min(len(req.steps), len(self.proposals) - 1)]
             texts = [script[i % len(script)] for i in range(req.n)]
+        if req.step_prefix:
+            texts = [_after_prefix(req.step_prefix, t) for t in texts]
         return ProposeResponse(
             candidates=[
                 Candidate(
@@ -121,6 +125,12 @@ class FakeModelService:
 
     async def aclose(self) -> None:
         self.closed = True
+
+
+def _after_prefix(prefix: str, text: str) -> str:
+    if text.startswith(prefix):
+        return text
+    return f"{prefix} {text}" if text else prefix
 
 
 def fake_upstreams(

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints, field_validator
 
+from shared.answer_kinds import AnswerKind
 from shared.openai_schemas import Lenient, OAChatMessage
 from shared.openai_schemas import Usage as CompletionUsage
 from shared.schemas import Demo, NonEmptyStr, Strict
@@ -44,6 +45,37 @@ SCORING_HEURISTICS: frozenset[Heuristic] = frozenset(
     {Heuristic.rationalyst, Heuristic.rationalyst_explicit, Heuristic.likelihood, Heuristic.random}
 )
 """Heuristics that can rank caller-supplied candidates (/v1/select)."""
+
+
+class Finish(StrEnum):
+    """How a search ended."""
+
+    answer = "answer"
+    """A chosen step stated the answer."""
+    forced_answer = "forced_answer"
+    """The search ran out (steps, deadline, or candidates) without an answer step, and the
+    agent was then asked for the answer step: the next step forced to open with the demos'
+    answer prefix ("The answer is:")."""
+    max_steps = "max_steps"
+    """max_steps were taken without an answer, and no answer could be forced."""
+    cancelled = "cancelled"
+    """Cancelled by ``POST /v1/reason/{id}/cancel``: no answer step is forced after it."""
+    deadline = "deadline"
+    """The deadline passed without an answer, and no answer could be forced in time."""
+    no_candidates = "no_candidates"
+    """The agent proposed no usable step (all empty, or all repeating the trajectory even when
+    asked again), and no answer could be forced."""
+
+
+AnswerKindSource = Literal["request", "detected"]
+FewShotSource = Literal["default", "request"]
+
+_ANSWER_KIND_HELP = (
+    "Kind of answer the question expects: number, boolean (yes/no), choice, word_list or text. "
+    "It picks the default few-shot demos and the answer check. Default: detected from the "
+    "question (lettered options -> choice; 'yes or no' -> boolean; 'how many/much', "
+    "'what is 3 + 4' -> number; a question opening with is/does/can... -> boolean; else text)."
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -78,15 +110,17 @@ class SearchOptions(Strict):
     )
     few_shot: list[Demo] | None = Field(
         default=None,
-        description="Worked examples shown to the agent and the scorer (default: the built-in "
-        "demos; [] for none).",
+        description="Worked examples shown to the agent and the scorer, used as given "
+        "(default: the built-in demos of the answer kind; [] for none).",
     )
+    answer_kind: AnswerKind | None = Field(default=None, description=_ANSWER_KIND_HELP)
     deadline_s: float | None = Field(
         default=None,
         gt=0.0,
         le=3600.0,
-        description="Wall-clock budget; when it passes the steps chosen so far are returned "
-        "with `deadline_reached: true`.",
+        description="Wall-clock budget; when it passes, the steps chosen so far are returned "
+        "with `deadline_reached: true` (after a bounded extra answer step when none was "
+        "stated).",
     )
     strict: bool = Field(
         default=False,
@@ -128,6 +162,11 @@ class CandidateTrace(Strict):
         description="Index of the identical earlier candidate (whitespace-normalized); it was "
         "merged into it and not scored separately.",
     )
+    repeat_of: int | None = Field(
+        default=None,
+        description="Index of the trajectory step this candidate repeats (whitespace, case and "
+        "a final full stop ignored); it was dropped before scoring.",
+    )
     num_tokens: int | None = Field(default=None, description="Tokens the agent generated.")
     finish_reason: str | None = Field(default=None, description="`stop` or `length`.")
 
@@ -157,6 +196,20 @@ class StepTrace(Strict):
     chosen: int = Field(description="Index of the chosen candidate.")
     step: str = Field(description="The chosen step's text.")
     duplicates: int = Field(default=0, description="Candidates merged as duplicates.")
+    repeats: int = Field(
+        default=0, description="Candidates dropped because they repeat a trajectory step."
+    )
+    retry_temperature: float | None = Field(
+        default=None,
+        description="Set when every candidate of the first proposal repeated the trajectory: "
+        "the agent was asked once more at this temperature (its candidates follow the first "
+        "ones in `candidates`).",
+    )
+    forced_answer: bool = Field(
+        default=False,
+        description="The answer step asked for after the search ran out: every candidate opens "
+        "with the demos' answer prefix.",
+    )
     timings: StageTimings
     warnings: list[str] = Field(default_factory=list)
 
@@ -197,12 +250,29 @@ class ReasonResponse(Strict):
     answer: str | None = Field(description="Extracted final answer; None when none was stated.")
     steps: list[str] = Field(description="The chosen steps, in order.")
     finished: bool = Field(description="The last step states an answer (an end phrase).")
+    finish: Finish = Field(description="How the search ended (`answer`, `forced_answer`, ...).")
     deadline_reached: bool = Field(
         default=False, description="The deadline passed; the steps are the best so far."
     )
     cancelled: bool = Field(
         default=False,
         description="Cancelled (POST /v1/reason/{id}/cancel); the steps are the best so far.",
+    )
+    answer_kind: AnswerKind = Field(description="The kind of answer expected.")
+    answer_kind_source: AnswerKindSource = Field(
+        description="`request` (answer_kind was given) or `detected` (from the question)."
+    )
+    few_shot_source: FewShotSource = Field(
+        description="`default` (the built-in demos of answer_kind) or `request` (few_shot)."
+    )
+    few_shot_kind: AnswerKind | None = Field(
+        description="The kind the demos' answers read as; None without demos or when they mix "
+        "kinds."
+    )
+    repeats: int = Field(
+        default=0,
+        description="Candidates dropped in the whole search because they repeated a step of "
+        "the trajectory (also those of a step abandoned for it).",
     )
     heuristic_requested: Heuristic
     heuristic_used: Heuristic = Field(description="The heuristic in use at the end.")
@@ -240,8 +310,11 @@ class SelectRequest(Strict):
     seed: int | None = Field(default=None, description="Seed of the `random` pick.")
     decay: float = Field(default=1.0, gt=0.0, le=1.0, description="Per-token weight decay**i.")
     few_shot: list[Demo] | None = Field(
-        default=None, description="Worked examples in the scorer's context (default: built-in)."
+        default=None,
+        description="Worked examples in the scorer's context, used as given (default: the "
+        "built-in demos of the answer kind).",
     )
+    answer_kind: AnswerKind | None = Field(default=None, description=_ANSWER_KIND_HELP)
     strict: bool = Field(default=False, description="503 instead of a fallback heuristic.")
     max_rationale_tokens: int = Field(default=128, ge=1, le=1024)
 
@@ -264,6 +337,10 @@ class SelectResponse(Strict):
     heuristic_requested: Heuristic
     heuristic_used: Heuristic
     seed: int | None = None
+    answer_kind: AnswerKind
+    answer_kind_source: AnswerKindSource
+    few_shot_source: FewShotSource
+    few_shot_kind: AnswerKind | None
     fallbacks: list[Fallback] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
@@ -333,6 +410,7 @@ class GatewayChatRequest(Lenient):
     max_step_tokens: int | None = Field(default=None, ge=1, le=1024)
     max_rationale_tokens: int | None = Field(default=None, ge=1, le=1024)
     few_shot: list[Demo] | None = None
+    answer_kind: AnswerKind | None = None
 
 
 class ChatMessageOut(BaseModel):

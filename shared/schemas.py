@@ -93,6 +93,13 @@ class ProposeRequest(Trajectory):
         description="Explicit supervision: a rationale the next step must follow. It opens "
         "the next assistant turn as <BOT>rationale<EOT>; the candidates continue after it.",
     )
+    step_prefix: str | None = Field(
+        default=None,
+        description="A forced opening of the next step (e.g. 'The answer is:'): the next "
+        "assistant turn starts with it (after the rationale, if any), and every candidate's "
+        "text begins with it. The candidates' num_tokens and mean_logprob cover only the "
+        "generated tokens after it.",
+    )
 
 
 class Candidate(Strict):

@@ -145,10 +145,11 @@ class ModelService:
             top_p=req.top_p, seed=req.seed,
         )  # fmt: skip
         outputs = await self._generate(ids, params)
+        prefix = req.step_prefix or ""
         return ProposeResponse(
             candidates=[
                 Candidate(
-                    text=o.text.strip(),
+                    text=(prefix + o.text).strip(),
                     mean_logprob=_mean(o.logprobs),
                     num_tokens=len(o.token_ids),
                     finish_reason=o.finish_reason,

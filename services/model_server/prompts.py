@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.fewshot import DEFAULT_DEMOS
+from shared.answer_kinds import detect_answer_kind
+from shared.fewshot import default_demos
 from shared.schemas import ChatMessage, Demo, ProposeRequest, Role, Trajectory
 
 DEFAULT_SYSTEM_PROMPTS: dict[Role, str | None] = {
@@ -62,11 +63,17 @@ def agent_messages(system: str | None, demos: list[Demo], traj: Trajectory) -> l
 
 def propose_prompt(tokenizer: Any, system: str | None, req: ProposeRequest) -> str:
     """The agent's prompt for the next step. With an explicit rationale, the next assistant
-    turn opens with ``<BOT>rationale<EOT>`` and the candidates continue after it."""
-    demos = list(DEFAULT_DEMOS) if req.few_shot is None else req.few_shot
+    turn opens with ``<BOT>rationale<EOT>`` and the candidates continue after it; a
+    ``step_prefix`` comes after that. Without demos in the request, the defaults of the
+    question's answer kind are used."""
+    demos = (
+        default_demos(detect_answer_kind(req.question)) if req.few_shot is None else req.few_shot
+    )
     prompt = render(tokenizer, agent_messages(system, demos, req), generation_prompt=True)
     if req.rationale:
         prompt += f"{BOT}{req.rationale}{EOT} "
+    if req.step_prefix:
+        prompt += req.step_prefix
     return prompt
 
 

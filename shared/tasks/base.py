@@ -9,28 +9,21 @@ resumed and its per-example results joined across runs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.answer_kinds import AnswerKind
 from shared.schemas import Demo
 
-
-class AnswerKind(StrEnum):
-    """How an answer is read from text and compared with the gold one."""
-
-    number = "number"
-    """Integers, decimals, "1,234", negatives, fractions "3/4", number words up to the
-    hundreds; compared exactly as rationals."""
-    choice = "choice"
-    """Multiple choice: a letter "(B)" or the text of one option."""
-    boolean = "boolean"
-    """Yes/no or true/false (yes == true, no == false)."""
-    word_list = "word_list"
-    """An ordered list of words, separated by spaces and/or commas; compared case-folded."""
-    text = "text"
-    """Free text, compared after lower-casing and dropping punctuation and extra spaces."""
+__all__ = [
+    "AnswerKind",
+    "DataMissingError",
+    "Task",
+    "TaskItem",
+    "UnknownTaskError",
+    "demo_from_steps",
+]
 
 
 class TaskItem(BaseModel):

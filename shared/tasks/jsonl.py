@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.fewshot import DEFAULT_DEMOS
+from shared.fewshot import default_demos
 from shared.schemas import Demo
 from shared.tasks.answers import format_number, parse_number
 from shared.tasks.base import AnswerKind, TaskItem
@@ -184,5 +184,5 @@ class JsonlTask:
     def demos(self, k: int = 3) -> list[Demo]:
         if self.kind is AnswerKind.choice:
             return list(MC_DEMOS[:k])
-        # The built-in demos: the arithmetic word problems (the last one is yes/no).
-        return list(DEFAULT_DEMOS[: min(k, 2)])
+        # The gateway's default demos of the file's answer kind.
+        return default_demos(self.kind)[:k]

@@ -15,6 +15,8 @@ import httpx
 import pytest
 
 from gateway.ensemble import free_port
+from shared.answers import extract_answer
+from shared.tasks.answers import parse_number
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +39,9 @@ def distinct(candidates: list[dict[str, Any]]) -> list[int]:
 
 
 def check_trace(body: dict[str, Any], heuristic: str) -> None:
-    assert 1 <= len(body["steps"]) <= SMALL["max_steps"]
+    forced = body["finish"] == "forced_answer"  # one answer step beyond max_steps
+    assert 1 <= len(body["steps"]) <= SMALL["max_steps"] + forced
+    assert [t["forced_answer"] for t in body["trace"]][-1] == forced
     assert "answer" in body
     assert body["heuristic_requested"] == heuristic
     assert body["heuristic_used"] == heuristic, body["warnings"]
@@ -45,9 +49,12 @@ def check_trace(body: dict[str, Any], heuristic: str) -> None:
     assert len(body["trace"]) == len(body["steps"])
     for step in body["trace"]:
         cands = step["candidates"]
-        assert len(cands) == (1 if heuristic == "greedy" else 3)
+        retried = step["retry_temperature"] is not None  # a second proposal, hotter
+        assert len(cands) == (1 if heuristic == "greedy" else 3) * (1 + retried)
         assert step["step"] == cands[step["chosen"]]["text"] == body["steps"][step["index"]]
-        originals = distinct(cands)
+        assert step["chosen"] in distinct(cands)
+        assert cands[step["chosen"]]["repeat_of"] is None
+        originals = [i for i in distinct(cands) if cands[i]["repeat_of"] is None]
         if heuristic in SCORING and len(originals) > 1:
             scores = [cands[i]["score"] for i in originals]
             assert all(math.isfinite(s) for s in scores)
@@ -82,8 +89,41 @@ def test_reason_every_heuristic_returns_a_full_trace(
     assert r.status_code == 200, r.text
     check_trace(r.json(), heuristic)
     usage = r.json()["usage"]
-    assert usage["agent"]["calls"] == len(r.json()["steps"])
+    retries = sum(t["retry_temperature"] is not None for t in r.json()["trace"])
+    assert usage["agent"]["calls"] >= len(r.json()["steps"]) + retries
     assert usage["agent"]["completion_tokens"] > 0
+
+
+@pytest.mark.parametrize(
+    ("question", "kind", "heuristic"),
+    [
+        ("Bruno has 5 boxes with 3 shells in each box. How many shells are there in all?",
+         "number", "rationalyst"),
+        (QUESTIONS[1], "number", "greedy"),
+        ("Sara had 10 candies and ate 4. How many candies are left?", "number", "greedy"),
+        ("Is a mouse bigger than a horse?", "boolean", "greedy"),
+    ],
+)  # fmt: skip
+def test_reason_picks_demos_by_answer_kind_and_always_answers(
+    client: httpx.Client, question: str, kind: str, heuristic: str
+) -> None:
+    r = client.post(
+        "/v1/reason",
+        json={"question": question, "heuristic": heuristic, "seed": 3, **SMALL, "max_steps": 1},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["answer_kind"], body["answer_kind_source"]) == (kind, "detected")
+    assert (body["few_shot_source"], body["few_shot_kind"]) == ("default", kind)
+    assert body["answer"], body["steps"]
+    assert body["finish"] in {"answer", "forced_answer"}
+    assert body["finished"]
+    if body["finish"] == "forced_answer":
+        assert body["steps"][-1].startswith("The answer is:")
+    stated = [extract_answer(c["text"]) for c in body["trace"][-1]["candidates"]]
+    if kind == "number" and any(a is not None and parse_number(a) is not None for a in stated):
+        # The answer-kind check: a numeric answer wins over one that is not a number.
+        assert parse_number(body["answer"]) is not None, body["trace"][-1]
 
 
 def test_reason_stream_sends_one_event_per_step_then_done(client: httpx.Client) -> None:

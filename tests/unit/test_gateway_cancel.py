@@ -216,3 +216,16 @@ async def test_client_disconnect_cancels_the_search_and_frees_its_slot(stream: b
         assert not sent  # nobody to answer
         assert 'status="499"' in metrics
     assert 'gateway_http_cancelled_total{route="/v1/reason"} 1.0' in metrics
+
+
+async def test_a_cancelled_search_forces_no_answer_step() -> None:
+    hanging = HangingAgent("agent", proposals=agent().proposals, answer_steps=1)
+    async with served(fake_upstreams(agent=hanging)) as client:
+        search = asyncio.create_task(
+            client.post("/v1/reason", json=Q, headers={"X-Request-Id": "s-3"})
+        )
+        await asyncio.wait_for(hanging.started.wait(), 5)
+        assert (await client.post("/v1/reason/s-3/cancel")).status_code == 200
+        done = (await asyncio.wait_for(search, 5)).json()
+    assert done["finish"] == "cancelled" and done["cancelled"] is True
+    assert not any(step.get("forced_answer") for step in done["trace"])

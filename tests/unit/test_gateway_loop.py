@@ -12,7 +12,7 @@ from gateway.prompts import SCORING_SYSTEM_PROMPT
 from gateway.testing import FakeModelService, fake_upstreams
 from shared.errors import ServiceUnavailable, UpstreamTimeout
 from shared.fewshot import DEFAULT_DEMOS
-from shared.gateway_schemas import Heuristic, ReasonRequest, SelectRequest
+from shared.gateway_schemas import Finish, Heuristic, ReasonRequest, SelectRequest
 from shared.schemas import ChatMessage, Demo, ScoreRequest
 
 pytestmark = pytest.mark.unit
@@ -37,7 +37,7 @@ async def test_loop_keeps_the_argmax() -> None:
     scorer = FakeModelService("scorer", scores={"a": -1.0, "b": -0.2, "c": -3.0})
     res = await reason(req(max_steps=1), fake_upstreams(agent=agent, scorer=scorer))
     assert res.trace[0].chosen == 1
-    assert res.steps == ["b"]
+    assert res.steps[0] == "b"
     assert [c.score for c in res.trace[0].candidates] == [-1.0, -0.2, -3.0]
 
 
@@ -53,7 +53,7 @@ async def test_loop_merges_duplicates_before_scoring() -> None:
     agent = agent_with(("x  y", "z", "x y\n"))
     scorer = FakeModelService("scorer", scores={"x  y": -2.0, "z": -1.0})
     res = await reason(req(max_steps=1), fake_upstreams(agent=agent, scorer=scorer))
-    (score_req,) = scorer.requests("score")
+    score_req = scorer.requests("score")[0]
     assert score_req.continuations == ["x  y", "z"]
     step = res.trace[0]
     assert step.duplicates == 1
@@ -99,12 +99,10 @@ async def test_loop_stops_on_the_step_that_states_the_answer() -> None:
 
 
 async def test_loop_stops_at_max_steps() -> None:
-    agent = agent_with(("still thinking",))
+    agent = FakeModelService("agent", proposals=lambda r: [f"thinking {len(r.steps)}"] * r.n)
     res = await reason(req(max_steps=4), fake_upstreams(agent=agent))
-    assert len(res.steps) == 4
-    assert len(agent.requests("propose")) == 4
-    assert not res.finished
-    assert res.answer is None
+    assert res.steps[:4] == [f"thinking {i}" for i in range(4)]
+    assert [p.step_prefix for p in agent.requests("propose")] == [None] * 4 + ["The answer is:"]
 
 
 async def test_boxed_answer_stops_too() -> None:
@@ -125,11 +123,12 @@ async def test_rationalyst_scores_all_candidates_in_one_call_with_the_rationale(
     ups = fake_upstreams(rationalyst=rationalyst, agent=agent, scorer=scorer)
     res = await reason(req(max_steps=2), ups)
     assert res.heuristic_used is Heuristic.rationalyst
-    assert len(rationalyst.requests("rationale")) == 2
-    assert [p.n for p in agent.requests("propose")] == [3, 3]
+    assert res.finish is Finish.forced_answer  # the third step is the answer step
+    assert len(rationalyst.requests("rationale")) == 3
+    assert [p.n for p in agent.requests("propose")] == [3, 3, 3]
     assert all(p.rationale is None for p in agent.requests("propose"))
     scores = scorer.requests("score")
-    assert len(scores) == 2
+    assert len(scores) == 3
     second: ScoreRequest = scores[1]
     assert second.continuations == ["s2", "s2b", "s2c"]
     assert isinstance(second.context, list)
@@ -144,9 +143,9 @@ async def test_rationalyst_scores_all_candidates_in_one_call_with_the_rationale(
     ]
     assert second.context == expected
     assert res.trace[1].rationale == "rationale after 1"
-    assert res.usage.rationalyst.calls == 2
-    assert res.usage.agent.calls == 2
-    assert res.usage.scorer.calls == 2
+    assert res.usage.rationalyst.calls == 3
+    assert res.usage.agent.calls == 3
+    assert res.usage.scorer.calls == 3
 
 
 async def test_rationale_and_proposals_run_concurrently() -> None:
@@ -166,9 +165,9 @@ async def test_explicit_puts_the_rationale_into_the_agent_prompt() -> None:
     scorer = FakeModelService("scorer", scores={"b": 0.0})
     ups = fake_upstreams(rationalyst=rationalyst, agent=agent, scorer=scorer)
     res = await reason(req(max_steps=1, heuristic="rationalyst_explicit", n_candidates=2), ups)
-    (prop,) = agent.requests("propose")
+    prop = agent.requests("propose")[0]
     assert prop.rationale == "add them"
-    (score_req,) = scorer.requests("score")
+    score_req = scorer.requests("score")[0]
     assert isinstance(score_req.context, list)
     assert not any(m.content.startswith("Rationale: ") for m in score_req.context)
     assert res.trace[0].chosen == 1
@@ -182,7 +181,7 @@ async def test_likelihood_scores_without_rationale() -> None:
         fake_upstreams(rationalyst=rationalyst, scorer=scorer),
     )
     assert rationalyst.calls == []
-    assert len(scorer.requests("score")) == 2
+    assert len(scorer.requests("score")) == 3  # two steps and the answer step
     ctx = scorer.requests("score")[0].context
     assert ctx[-1] == ChatMessage(role="user", content="What is 2 + 3?")
     assert res.trace[0].rationale is None
@@ -211,23 +210,23 @@ async def test_random_is_seeded_and_never_scores() -> None:
 async def test_greedy_proposes_one_candidate_at_temperature_zero() -> None:
     rationalyst, agent, scorer = (
         FakeModelService("rationalyst"),
-        agent_with(("only",)),
+        FakeModelService("agent", proposals=lambda r: [f"only {len(r.steps)}"] * r.n),
         FakeModelService("scorer"),
     )
     res = await reason(
         req(max_steps=2, heuristic="greedy", n_candidates=5),
         fake_upstreams(rationalyst=rationalyst, agent=agent, scorer=scorer),
     )
-    assert [(p.n, p.temperature) for p in agent.requests("propose")] == [(1, 0.0), (1, 0.0)]
+    assert [(p.n, p.temperature) for p in agent.requests("propose")] == [(1, 0.0)] * 3
     assert rationalyst.calls == [] and scorer.calls == []
     assert len(res.trace[0].candidates) == 1
     assert any("n_candidates ignored" in w for w in res.warnings)
 
 
 async def test_seed_makes_proposals_reproducible_per_step() -> None:
-    agent = agent_with(("a", "b"))
+    agent = FakeModelService("agent", proposals=lambda r: [f"{c}{len(r.steps)}" for c in "ab"])
     await reason(req(max_steps=3, seed=40), fake_upstreams(agent=agent))
-    assert [p.seed for p in agent.requests("propose")] == [40, 41, 42]
+    assert [p.seed for p in agent.requests("propose")] == [40, 41, 42, 43]
 
 
 async def test_custom_few_shot_and_decay_reach_the_services() -> None:
@@ -239,7 +238,7 @@ async def test_custom_few_shot_and_decay_reach_the_services() -> None:
         fake_upstreams(agent=agent, scorer=scorer),
     )  # fmt: skip
     assert agent.requests("propose")[0].few_shot == demos
-    (score_req,) = scorer.requests("score")
+    score_req = scorer.requests("score")[0]
     assert score_req.decay == 0.9
     assert score_req.context[1] == ChatMessage(role="user", content="1+1?")
 
@@ -253,25 +252,26 @@ async def test_rationalyst_down_continues_as_likelihood() -> None:
     )
     scorer = FakeModelService("scorer")
     res = await reason(req(max_steps=3), fake_upstreams(rationalyst=rationalyst, scorer=scorer))
-    assert len(res.steps) == 3
+    assert len(res.steps) == 4  # three steps and the answer step
     assert res.heuristic_requested is Heuristic.rationalyst
     assert res.heuristic_used is Heuristic.likelihood
     assert [f.service for f in res.fallbacks] == ["rationalyst"]
     assert res.fallbacks[0].to_heuristic is Heuristic.likelihood
     assert any("rationalyst unavailable" in w for w in res.warnings)
     assert len(rationalyst.calls) == 1  # not retried on later steps
-    assert len(scorer.requests("score")) == 3
+    assert len(scorer.requests("score")) == 3  # the third step has one new candidate left
     assert all(not m.content.startswith("Rationale") for m in scorer.requests("score")[0].context)
-    assert [s.heuristic for s in res.trace] == [Heuristic.likelihood] * 3
+    assert [s.heuristic for s in res.trace] == [Heuristic.likelihood] * 4
 
 
 async def test_scorer_down_continues_as_random() -> None:
     scorer = FakeModelService("scorer", fail=DOWN, fail_from_call=1)
     res = await reason(req(max_steps=3, seed=1), fake_upstreams(scorer=scorer))
-    assert len(res.steps) == 3
+    assert len(res.steps) == 4  # three steps and the answer step
     assert res.heuristic_used is Heuristic.random
     assert [s.heuristic for s in res.trace] == [
         Heuristic.rationalyst,
+        Heuristic.random,
         Heuristic.random,
         Heuristic.random,
     ]

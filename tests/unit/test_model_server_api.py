@@ -191,3 +191,41 @@ async def test_rationale_prompt_follows_reference_format(fake_engine, asgi_clien
     prompt = fake_engine.tokenizer.decode(calls[0])
     assert "Question: Q?\nAnswer: First. Second." in prompt
     assert prompt.endswith("<|im_start|>assistant\n")
+
+
+async def _propose_prompt(fake_engine: Any, asgi_client: Any, body: dict[str, Any]) -> Any:
+    """POST /v1/propose; the response and the prompt the engine got."""
+    calls: list[list[int]] = []
+    original = fake_engine.generate
+
+    async def spy(ids: list[int], params: Any) -> Any:
+        calls.append(ids)
+        return await original(ids, params)
+
+    fake_engine.generate = spy
+    async with asgi_client(create_app(settings(), engine=fake_engine)) as client:
+        r = await client.post("/v1/propose", json=body)
+    assert r.status_code == 200, r.text
+    return r, fake_engine.tokenizer.decode(calls[0])
+
+
+async def test_propose_with_a_step_prefix_forces_how_the_step_opens(
+    fake_engine, asgi_client
+) -> None:
+    r, prompt = await _propose_prompt(
+        fake_engine,
+        asgi_client,
+        {"question": "1+1?", "steps": ["1 + 1 = 2."], "n": 2, "step_prefix": "The answer is:"},
+    )
+    assert prompt.endswith("<|im_start|>assistant\nThe answer is:")
+    texts = [c["text"] for c in r.json()["candidates"]]
+    assert texts == ["The answer is:Step 0.", "The answer is:Step 1."]
+
+
+async def test_propose_without_demos_uses_the_default_set_of_the_answer_kind(
+    fake_engine, asgi_client
+) -> None:
+    _, numeric = await _propose_prompt(fake_engine, asgi_client, {"question": "What is 2 + 3?"})
+    _, yes_no = await _propose_prompt(fake_engine, asgi_client, {"question": "Is ice cold?"})
+    assert "A baker makes 24 rolls" in numeric and "Can water turn into ice?" not in numeric
+    assert "Can water turn into ice?" in yes_no and "A baker makes 24 rolls" not in yes_no

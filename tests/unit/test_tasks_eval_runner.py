@@ -24,7 +24,7 @@ from services.worker.evaluation.store import JsonlStore
 from shared.errors import ServiceUnavailable
 from shared.gateway_schemas import Heuristic
 from shared.schemas import ProposeRequest, ScoreRequest
-from shared.tasks import UnknownTaskError, get_task
+from shared.tasks import AnswerKind, UnknownTaskError, get_task
 from shared.tasks.arithmetic import evaluate, parse
 
 pytestmark = pytest.mark.unit
@@ -177,7 +177,11 @@ async def test_failures_are_recorded_left_out_and_retried(tmp_path: Path) -> Non
 
 
 async def test_unparsed_answers_count_as_wrong(tmp_path: Path) -> None:
-    rambling = FakeModelService("agent", proposals=(("I keep thinking.", "Hmm, more thought."),))
+    def ramble(r: ProposeRequest) -> list[str]:
+        """New thoughts every step, and nothing readable even when asked for the answer."""
+        return [""] * r.n if r.step_prefix else [f"I keep thinking ({len(r.steps)})."] * r.n
+
+    rambling = FakeModelService("agent", proposals=ramble)
     async with gateway(agent=rambling) as client:
         result = await run_evaluation(spec(tmp_path, n=2, heuristics=["likelihood"]), client=client)
     for cell in result.cells:
@@ -215,6 +219,8 @@ def test_requests_follow_the_spec(tmp_path: Path) -> None:
     assert "n_candidates" not in greedy.model_fields_set  # greedy proposes one candidate
     assert rationalyst.n_candidates == 3 and rationalyst.heuristic is Heuristic.rationalyst
     assert greedy.few_shot is None and greedy.temperature == 0.3 and greedy.seed == 0
+    # The task's answer kind picks the gateway's default demos.
+    assert greedy.answer_kind is rationalyst.answer_kind is AnswerKind.word_list
 
 
 async def test_unknown_task_and_down_gateway_fail_before_any_request(tmp_path: Path) -> None:

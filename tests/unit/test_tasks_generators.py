@@ -1,4 +1,5 @@
-"""Generated tasks: multistep arithmetic and word sorting with TriPosT-style gold rationales."""
+"""Generated tasks: multistep arithmetic and word sorting with TriPosT-style gold rationales,
+and simple word problems."""
 
 from __future__ import annotations
 
@@ -91,6 +92,7 @@ def test_arithmetic_expression_shape() -> None:
         "multistep_arithmetic_unseen",
         "word_sorting_seen",
         "word_sorting_unseen",
+        "word_problems",
     ],
 )
 def test_seeds_reproduce_and_n_extends(name: str) -> None:
@@ -150,10 +152,29 @@ def test_ordinals() -> None:
     assert word_sorting.ordinal(29) == "thirtieth"
 
 
-@pytest.mark.parametrize("name", ["multistep_arithmetic_seen", "word_sorting_seen"])
+@pytest.mark.parametrize(
+    "name", ["multistep_arithmetic_seen", "word_sorting_seen", "word_problems"]
+)
 def test_generated_demos_are_in_the_rationalyst_format(name: str) -> None:
     demos = get_task(name).demos(3)
     assert len(demos) == 3
     for demo in demos:
         assert demo.steps[-1].startswith("The answer is: ")
         assert not any(step.startswith("(Final response)") for step in demo.steps)
+
+
+def test_word_problems_vary_are_solved_by_their_rationale_and_avoid_the_demos() -> None:
+    task = get_task("word_problems")
+    items = task.items(n=40, seed=0)
+    assert len({it.meta["template"] for it in items}) == 12
+    assert len({it.question for it in items}) == 40
+    demo_questions = {d.question for d in task.demos(3)}
+    for it in items:
+        assert it.kind is AnswerKind.number
+        assert int(it.answer) >= 0
+        assert it.question not in demo_questions
+        assert it.rationale is not None
+        assert it.rationale[-1] == f"The answer is: {it.answer}"
+        assert check_answer(it, "\n".join(it.rationale)).correct
+        # The arithmetic in the last working step gives the answer.
+        assert re.search(rf"= {it.answer}\b", it.rationale[-2])

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.answering import choose_few_shot
+from shared.answer_kinds import detect_answer_kind
 from shared.schemas import Demo
 from shared.tasks import (
     AnswerKind,
@@ -164,6 +166,16 @@ def test_demos_are_rationalyst_format(bigbench_data: Path, name: str) -> None:
         fake = sample.model_copy(update={"question": demo.question})
         assert check_answer(fake, demo.steps[-1]).parsed
     assert task.demos(1) == demos[:1]
+
+
+@pytest.mark.parametrize("name", [*sorted(SIZES), "multistep_arithmetic_seen", "word_problems"])
+def test_the_answer_kind_rule_reads_every_task_right(bigbench_data: Path, name: str) -> None:
+    """The gateway's answer-kind rule agrees with each task's kind, and its demos' answers
+    read as that kind (no few_shot warning when a task sends its own)."""
+    task = get_task(name)
+    for item in task.items(n=30, seed=0):
+        assert detect_answer_kind(item.question) is task.kind, item.question
+    assert choose_few_shot(task.items(n=1)[0].question, task.demos(3), task.kind).warnings == []
 
 
 def test_demo_answers_are_right(bigbench_data: Path) -> None:

@@ -110,6 +110,7 @@ def reason_request(spec: EvalSpec, job: Job) -> ReasonRequest:
         "max_steps": spec.max_steps,
         "seed": spec.seed,
         "few_shot": job.demos,
+        "answer_kind": job.item.kind,
         "strict": spec.strict,
     }
     if job.heuristic is not Heuristic.greedy:  # greedy proposes one candidate
@@ -173,6 +174,7 @@ def score_response(
         "steps": res.steps,
         "n_steps": len(res.steps),
         "finished": res.finished,
+        "finish": res.finish.value,
         "deadline_reached": res.deadline_reached,
         "heuristic_used": res.heuristic_used.value,
         "fallbacks": len(res.fallbacks),

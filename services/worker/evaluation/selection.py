@@ -43,7 +43,7 @@ from services.worker.evaluation.store import JsonlStore
 from shared.errors import ServiceError
 from shared.gateway_schemas import Heuristic, SelectRequest, SelectResponse
 from shared.schemas import Demo
-from shared.tasks import Task
+from shared.tasks import AnswerKind, Task
 from shared.tasks.rationales import SelectionItem, build_selection_item
 
 logger = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class SelectionJob:
     item: SelectionItem
     heuristic: Heuristic
     demos: list[Demo] | None
+    answer_kind: AnswerKind | None = None
 
 
 class SelectionResult(RunFiles):
@@ -110,7 +111,7 @@ def build_selection_plan(spec: SelectionSpec, tasks: list[Task]) -> list[Selecti
         for item in selection_items(task, spec.n, spec.k, spec.seed):
             for heuristic in spec.heuristics:
                 key = f"{task.name}|{item.key_id}|{heuristic.value}|seed={spec.seed}|{config_id}"
-                jobs.append(SelectionJob(key, item, heuristic, demos))
+                jobs.append(SelectionJob(key, item, heuristic, demos, task.kind))
     return jobs
 
 
@@ -194,6 +195,7 @@ async def run_selection(
                 heuristic=job.heuristic,
                 seed=spec.seed,
                 few_shot=job.demos,
+                answer_kind=job.answer_kind,
             )
             start = time.perf_counter()
             try:
