@@ -38,6 +38,7 @@ import argparse
 import asyncio
 import contextlib
 import math
+import os
 import signal
 import statistics
 import sys
@@ -93,9 +94,11 @@ class RunStats:
     total_ms: list[float] = field(default_factory=list)
     fallbacks: int = 0
     stage_ms: dict[str, list[float]] = field(default_factory=dict)
+    cpu_s: float = 0.0  # CPU time the model services spent on this pattern
 
     def merge(self, other: RunStats) -> None:
         self.wall_s += other.wall_s
+        self.cpu_s += other.cpu_s
         self.errors += other.errors
         self.fallbacks += other.fallbacks
         for stage, values in other.stage_ms.items():
@@ -236,6 +239,13 @@ def report(gw: RunStats, orig: RunStats, args: argparse.Namespace) -> None:
     print(row(orig))
     ratio = gw.throughput / orig.throughput if orig.throughput else math.nan
     print(f"\nthroughput ratio gateway / original: {ratio:.2f}x (goal >= 3)")
+    if gw.cpu_s and orig.cpu_s and gw.latencies_s and orig.latencies_s:
+        per_gw, per_orig = gw.cpu_s / len(gw.latencies_s), orig.cpu_s / len(orig.latencies_s)
+        print(
+            f"model-service CPU time per request: gateway {per_gw:.1f}s, original "
+            f"{per_orig:.1f}s; original / gateway {per_orig / per_gw:.2f}x (the throughput "
+            "ratio on a machine with no other load)"
+        )
     if gw.total_ms:
         share = sum(gw.overhead_ms) / sum(gw.total_ms)
         print(
@@ -257,6 +267,22 @@ def report(gw: RunStats, orig: RunStats, args: argparse.Namespace) -> None:
         print(f"errors: gateway {gw.errors}, original {orig.errors}")
 
 
+SERVICE_PIDS: list[int] = []
+"""The model services this script started (their CPU time is read from /proc)."""
+
+
+def services_cpu_s() -> float:
+    """User + system CPU seconds of the model services so far (0 when not started here)."""
+    total = 0
+    for pid in SERVICE_PIDS:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 async def throughput(args: argparse.Namespace, urls: dict[str, str], gateway_url: str) -> None:
     async def gw_call(client: httpx.AsyncClient, q: str, seed: int) -> dict[str, Any]:
         return await gateway_request(client, gateway_url, q, seed, args)
@@ -273,7 +299,9 @@ async def throughput(args: argparse.Namespace, urls: dict[str, str], gateway_url
             order.reverse()
         for name in order:
             print(f"round {round_index + 1}: running {name} ...", file=sys.stderr)
+            cpu = services_cpu_s()
             stats = await run_pattern(name, args, calls[name], timeout_s=args.timeout)
+            stats.cpu_s = services_cpu_s() - cpu
             print(f"  {stats.wall_s:.1f}s, {len(stats.latencies_s)} done", file=sys.stderr)
             results[name].merge(stats)
     report(results["gateway"], results["original"], args)
@@ -442,6 +470,7 @@ def main() -> None:
             cmd = model_service_command(role, port, model=args.model)
             role_env = {**env, **threads[role]}
             procs.append(start_process(role, cmd, urls[role], log_dir=log_dir, env=role_env))
+            SERVICE_PIDS.append(procs[-1].pid)
         gw_port = free_port()
         gateway_url = f"http://127.0.0.1:{gw_port}"
         procs.append(

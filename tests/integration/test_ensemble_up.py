@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.ensemble import ROLES, available_cores, free_port, thread_budget
+from gateway.ensemble import ROLE_WEIGHTS, ROLES, available_cores, free_port, thread_budget
 
 pytestmark = pytest.mark.integration
 
@@ -109,8 +109,9 @@ def wait_until_idle(urls: dict[str, str], *, within_s: float) -> bool:
 
 
 def test_up_gives_each_model_service_its_share_of_the_cores(ensemble: dict[str, str]) -> None:
-    expected = thread_budget(len(ROLES), len(available_cores()))
+    cores = len(available_cores())
     for role in ROLES:
+        expected = thread_budget(len(ROLES), cores, ROLE_WEIGHTS.get(role, 1))
         r = httpx.get(f"{ensemble[role]}/ready", timeout=10)
         assert r.status_code == 200
         assert r.json()["threads"] == expected, role

@@ -19,31 +19,42 @@ ROLES = ("rationalyst", "agent", "scorer")
 
 
 @pytest.mark.parametrize(
-    ("services", "cores", "expected"),
-    [(3, 2, 1), (3, 1, 1), (3, 6, 2), (3, 8, 2), (1, 8, 8), (2, 16, 8)],
+    ("services", "cores", "weight", "expected"),
+    [
+        (3, 2, 1, 1),
+        (3, 1, 1, 1),
+        (3, 6, 1, 2),
+        (3, 8, 1, 2),
+        (1, 8, 1, 8),
+        (2, 16, 1, 8),
+        (3, 2, 2, 2),  # the agent on a 2-core laptop: both cores
+        (3, 1, 2, 1),  # never more threads than cores
+        (3, 12, 2, 8),
+    ],
 )
-def test_thread_budget_is_an_equal_share_and_at_least_one(
-    services: int, cores: int, expected: int
+def test_thread_budget_is_a_weighted_share_at_least_one_at_most_every_core(
+    services: int, cores: int, weight: int, expected: int
 ) -> None:
-    assert ensemble.thread_budget(services, cores) == expected
+    assert ensemble.thread_budget(services, cores, weight) == expected
 
 
 def test_thread_envs_give_every_service_the_budget_and_matching_pools() -> None:
-    envs = ensemble.thread_envs(ROLES, cores=[0, 1, 2, 3, 4, 5], environ={})
+    envs = ensemble.thread_envs(ROLES, cores=list(range(8)), environ={})
     assert set(envs) == set(ROLES)
+    assert [envs[r]["MODEL_SERVER_THREADS"] for r in ROLES] == ["2", "4", "2"]
     for env in envs.values():
-        assert env["MODEL_SERVER_THREADS"] == "2"
-        assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "2"
+        assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == env["MODEL_SERVER_THREADS"]
+        assert env["OMP_WAIT_POLICY"] == "PASSIVE"
         assert env["TOKENIZERS_PARALLELISM"] == "false"
     # vLLM's OpenMP threads are pinned to a run of cores of their own
     binds = [envs[r]["VLLM_CPU_OMP_THREADS_BIND"] for r in ROLES]
-    assert binds == ["0,1", "2,3", "4,5"]
+    assert binds == ["0,1", "2,3,4,5", "6,7"]
 
 
 def test_thread_envs_wrap_cores_when_there_are_fewer_than_services() -> None:
     envs = ensemble.thread_envs(ROLES, cores=[0, 1], environ={})
-    assert [envs[r]["MODEL_SERVER_THREADS"] for r in ROLES] == ["1", "1", "1"]
-    assert [envs[r]["VLLM_CPU_OMP_THREADS_BIND"] for r in ROLES] == ["0", "1", "0"]
+    assert [envs[r]["MODEL_SERVER_THREADS"] for r in ROLES] == ["1", "2", "1"]
+    assert [envs[r]["VLLM_CPU_OMP_THREADS_BIND"] for r in ROLES] == ["0", "0,1", "1"]
 
 
 def test_thread_envs_keep_what_the_user_set() -> None:
@@ -81,7 +92,7 @@ def test_up_gives_each_model_service_its_share(monkeypatch, tmp_path) -> None:
     monkeypatch.delenv("MODEL_SERVER_THREADS", raising=False)
     monkeypatch.setattr(ensemble, "available_cores", lambda: [0, 1, 2, 3, 4, 5, 6, 7])
     started = run_up(monkeypatch, tmp_path)
-    assert [started[r].env["MODEL_SERVER_THREADS"] for r in ROLES] == ["2", "2", "2"]
+    assert [started[r].env["MODEL_SERVER_THREADS"] for r in ROLES] == ["2", "4", "2"]
     assert "MODEL_SERVER_THREADS" not in started["gateway"].env
 
 
