@@ -11,6 +11,8 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from pydantic import BaseModel
+
 from services.model_server import prompts
 from services.model_server.engines.base import (
     Completion,
@@ -87,15 +89,28 @@ class ModelService:
             logger.exception("engine failure")
             raise EngineError(f"model engine failed: {type(exc).__name__}: {exc}") from exc
 
-    def _check_n(self, n: int, field: str = "n") -> None:
-        if n > self.settings.max_n:
-            raise InvalidRequest(f"{field} must be <= {self.settings.max_n}", field=field)
-
     def _check_max_tokens(self, max_tokens: int, field: str = "max_tokens") -> None:
         if max_tokens > self.settings.max_tokens_limit:
             raise InvalidRequest(
                 f"{field} must be <= {self.settings.max_tokens_limit}", field=field
             )
+
+    def _limited(self, req: BaseModel, field: str, limit: int) -> int:
+        """The request's ``field`` (``n``, ``max_tokens``) within the service's ``limit``: a
+        value the client sent over it is a 422 naming the field; the schema's default is
+        lowered to it, so a client is never refused for a field it did not send."""
+        value = int(getattr(req, field))
+        if field not in req.model_fields_set:
+            return min(value, limit)
+        if value > limit:
+            raise InvalidRequest(f"{field} must be <= {limit}", field=field)
+        return value
+
+    def _n(self, req: BaseModel) -> int:
+        return self._limited(req, "n", self.settings.max_n)
+
+    def _max_tokens(self, req: BaseModel) -> int:
+        return self._limited(req, "max_tokens", self.settings.max_tokens_limit)
 
     def _prompt_ids(self, prompt: str, field: str) -> list[int]:
         ids, _ = encode(self.engine.tokenizer, prompt)
@@ -120,12 +135,10 @@ class ModelService:
     # -- endpoints -----------------------------------------------------------------------
 
     async def rationale(self, req: RationaleRequest) -> RationaleResponse:
-        self._check_max_tokens(req.max_tokens)
+        max_tokens = self._max_tokens(req)
         prompt = prompts.rationale_prompt(self.engine.tokenizer, self.system, req)
         ids = self._prompt_ids(prompt, "question")
-        params = SamplingParams(
-            max_tokens=req.max_tokens, temperature=req.temperature, seed=req.seed
-        )
+        params = SamplingParams(max_tokens=max_tokens, temperature=req.temperature, seed=req.seed)
         (out,) = await self._generate(ids, params)
         return RationaleResponse(
             rationale=out.text.strip(),
@@ -135,13 +148,12 @@ class ModelService:
         )
 
     async def propose(self, req: ProposeRequest) -> ProposeResponse:
-        self._check_n(req.n)
-        self._check_max_tokens(req.max_tokens)
+        n, max_tokens = self._n(req), self._max_tokens(req)
         system = self.system if req.system is None else (req.system or None)
         prompt = prompts.propose_prompt(self.engine.tokenizer, system, req)
         ids = self._prompt_ids(prompt, "steps")
         params = SamplingParams(
-            max_tokens=req.max_tokens, n=req.n, temperature=req.temperature,
+            max_tokens=max_tokens, n=n, temperature=req.temperature,
             top_p=req.top_p, seed=req.seed,
         )  # fmt: skip
         outputs = await self._generate(ids, params)
@@ -202,14 +214,13 @@ class ModelService:
     # -- OpenAI-compatible ---------------------------------------------------------------
 
     async def completions(self, req: CompletionRequest) -> dict[str, Any]:
-        self._check_n(req.n)
-        self._check_max_tokens(req.max_tokens)
+        n, max_tokens = self._n(req), self._max_tokens(req)
         if req.stream:
             raise InvalidRequest(
                 "stream is not supported on /v1/completions; use /v1/chat/completions",
                 field="stream",
             )
-        if req.max_tokens == 0 and not req.echo:
+        if max_tokens == 0 and not req.echo:
             raise InvalidRequest("max_tokens 0 needs echo=true", field="max_tokens")
         prompts_in = self._completion_prompts(req.prompt)
         choices: list[dict[str, Any]] = []
@@ -220,11 +231,11 @@ class ModelService:
             usage["prompt_tokens"] += len(ids)
             echo_window = await self._echo_window(text) if req.echo else None
             outputs: list[Completion]
-            if req.max_tokens == 0:
-                outputs = [Completion("", [], [], "length")] * req.n
+            if max_tokens == 0:
+                outputs = [Completion("", [], [], "length")] * n
             else:
                 params = SamplingParams(
-                    max_tokens=req.max_tokens, n=req.n, temperature=req.temperature,
+                    max_tokens=max_tokens, n=n, temperature=req.temperature,
                     top_p=req.top_p, seed=req.seed, stop=req.stop_list(),
                 )  # fmt: skip
                 outputs = await self._generate(ids, params)
@@ -307,14 +318,14 @@ class ModelService:
         }
 
     async def chat_completions(self, req: ChatCompletionRequest) -> dict[str, Any]:
-        self._check_n(req.n)
+        n = self._n(req)
         budget = req.token_budget(default=min(256, self.settings.max_tokens_limit))
         self._check_max_tokens(budget)
         messages = [{"role": _chat_role(m.role), "content": m.text()} for m in req.messages]
         prompt = prompts.chat_prompt(self.engine.tokenizer, messages)
         ids = self._prompt_ids(prompt, "messages")
         params = SamplingParams(
-            max_tokens=budget, n=req.n, temperature=req.temperature, top_p=req.top_p,
+            max_tokens=budget, n=n, temperature=req.temperature, top_p=req.top_p,
             seed=req.seed, stop=req.stop_list(),
         )  # fmt: skip
         outputs = await self._generate(ids, params)
