@@ -30,7 +30,7 @@ GATEWAY: dict[tuple[str, str], set[int]] = {
     ("GET", "/ready"): {503},
     ("POST", "/v1/reason"): SEARCH,
     ("POST", "/v1/select"): SEARCH,
-    ("POST", "/v1/chat/completions"): SEARCH,
+    ("POST", "/v1/chat/completions"): SEARCH | {404},  # a model it does not serve
     ("POST", "/v1/reason/{search_id}/cancel"): {401, 404, 422},
     ("POST", "/v1/chat/completions/{completion_id}/cancel"): {401, 404, 422},
     ("GET", "/v1/models"): {401},
