@@ -262,17 +262,34 @@ class ModelService:
         self, prompt: str | list[str] | list[int] | list[list[int]]
     ) -> list[str]:
         """Token-id prompts are decoded so every path scores the same text."""
-        tok = self.engine.tokenizer
         if isinstance(prompt, str):
             return [prompt]
-        if all(isinstance(p, int) for p in prompt):
-            return [tok.decode(prompt)]
-        out = []
-        for p in prompt:
-            out.append(p if isinstance(p, str) else tok.decode(p))
+        ints = [p for p in prompt if isinstance(p, int)]
+        if len(ints) == len(prompt):
+            return [self._decode(ints, "prompt")]
+        out: list[str] = []
+        for i, p in enumerate(prompt):
+            if isinstance(p, str):
+                out.append(p)
+            elif isinstance(p, list):
+                out.append(self._decode(p, f"prompt[{i}]"))
         if any(not p for p in out):
             raise InvalidRequest("prompt must not be empty", field="prompt")
         return out
+
+    def _decode(self, ids: list[int], field: str) -> str:
+        """Token ids as text; an id outside the vocabulary is a 422 naming the field."""
+        tok = self.engine.tokenizer
+        vocab = len(tok)
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InvalidRequest(
+                f"{field}: token id {bad} is outside the vocabulary (0..{vocab - 1})", field=field
+            )
+        text: str = tok.decode(ids)
+        if not text:
+            raise InvalidRequest(f"{field}: the token ids decode to no text", field=field)
+        return text
 
     async def _echo_window(self, text: str) -> tuple[TokenWindow, list[int]]:
         """Log-probs of every prompt token (the first has none) and their character offsets."""

@@ -45,6 +45,8 @@ async def test_propose_returns_n_candidates(fake_engine, asgi_client) -> None:
         ("/v1/score", {"context": "a", "continuations": ["b"], "decay": 0}, "decay"),
         ("/v1/completions", {"prompt": "a", "max_tokens": 0}, "max_tokens"),
         ("/v1/completions", {"prompt": ""}, "prompt"),
+        ("/v1/completions", {"prompt": [10**9]}, "prompt"),  # outside the vocabulary
+        ("/v1/completions", {"prompt": [[5], [7, -3 + 10**12]]}, "prompt[1]"),
         ("/v1/chat/completions", {"messages": []}, "messages"),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "n": 9}, "n"),
     ],
