@@ -196,3 +196,16 @@ async def test_an_unexpected_error_is_a_500_envelope_with_the_request_id() -> No
     err = r.json()["error"]
     assert err["type"] == "internal_error" and err["request_id"] == "r500"
     assert "a bug" not in err["message"]  # nothing of the exception's text leaves the process
+
+
+@pytest.mark.parametrize(
+    ("make", "path"),
+    [
+        (gateway_app, "/v1/reason"),
+        (gateway_app, "/v1/chat/completions"),
+        (model_service_app, "/v1/chat/completions"),
+    ],
+)
+def test_openapi_streaming_routes_document_both_content_types(make, path: str) -> None:  # type: ignore[no-untyped-def]
+    content = operations(make())[("POST", path)]["responses"]["200"]["content"]
+    assert {"application/json", "text/event-stream"} <= set(content), content
