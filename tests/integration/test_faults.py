@@ -56,7 +56,7 @@ QUESTIONS = [
 
 
 def score_calls(url: str) -> float:
-    """/v1/score requests the service has answered or is answering (its request counter)."""
+    """/v1/score requests the service has answered (its request counter)."""
     page = httpx.get(f"{url}/metrics", timeout=10).text
     return sum(
         float(line.rsplit(" ", 1)[1])

@@ -70,7 +70,7 @@ MODEL_ROUTES = {
     "/v1/chat/completions": 8,
 }
 CALL_TIMEOUT_S = 90.0
-# The tier's fixed budget (about 90 s of fuzzing on a 2-core CPU, besides starting the model
+# The tier's fixed budget (90-120 s of fuzzing on a 2-core CPU, besides starting the model
 # service): past it, the examples left are not sent, and a warning says how many.
 TIER_BUDGET_S = 150.0
 
