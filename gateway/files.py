@@ -187,7 +187,7 @@ def create_files_router(settings: JobStoreSettings, *, max_upload_bytes: int) ->
                 raise InvalidRequest("body: the multipart body ends early", field="body")
             if not form.has_file:
                 raise InvalidRequest("file: a multipart part named `file` is needed", field="file")
-            purpose = form.fields.get("purpose") or DEFAULT_PURPOSE
+            purpose = form.fields.get("purpose", DEFAULT_PURPOSE)  # sent empty: refused
             if not _PURPOSE_RE.match(purpose):
                 raise InvalidRequest(
                     "purpose: lowercase letters, digits, _ and - (for example user_data)",

@@ -50,6 +50,18 @@ _VERIFY = error_responses(
     504,
     notes={503: "The LLM verifier's model service is down.", 504: "The LLM verifier timed out."},
 )
+_CHAT = error_responses(
+    401,
+    404,
+    422,
+    503,
+    504,
+    notes={
+        404: "`model` is not the model this gateway serves (as OpenAI answers an unknown model).",
+        503: _SEARCH[503]["description"],
+        504: _SEARCH[504]["description"],
+    },
+)
 _CANCEL = error_responses(401, 404, 422, notes={404: "No search with this id is running."})
 
 
@@ -110,9 +122,7 @@ async def verify(req: VerifyRequest, state: StateDep, rid: RequestIdDep) -> Resp
     return _json(await handlers.verify(state, req, rid))
 
 
-@router.post(
-    "/v1/chat/completions", response_model=ChatCompletion, responses={**_STREAM, **_SEARCH}
-)
+@router.post("/v1/chat/completions", response_model=ChatCompletion, responses={**_STREAM, **_CHAT})
 async def chat_completions(
     req: GatewayChatRequest, state: StateDep, rid: RequestIdDep, request: Request
 ) -> Response:

@@ -170,15 +170,20 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Answered by Starlette's outermost middleware, outside RequestMiddleware: the
+        # request id header is set here.
         logger.exception("unhandled error")
+        rid = request_id(request)
         body = {
             "error": {
                 "type": "internal_error",
                 "message": f"internal error ({type(exc).__name__}); see the service log",
-                "request_id": request_id(request),
+                "request_id": rid,
             }
         }
-        return JSONResponse(body, status_code=500)
+        return JSONResponse(
+            body, status_code=500, headers={REQUEST_ID_HEADER: rid} if rid else None
+        )
 
 
 class HttpMetrics:

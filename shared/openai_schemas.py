@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -45,8 +45,13 @@ class _SamplingFields(Lenient):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
 
+TokenId = Annotated[int, Field(ge=0)]
+
+
 class CompletionRequest(_SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: str | list[str] | list[TokenId] | list[list[TokenId]] = Field(
+        description="Text, texts, token ids (of the served model's vocabulary) or lists of them."
+    )
     max_tokens: int = Field(default=16, ge=0)
     logprobs: int | None = Field(default=None, ge=0, le=20)
     echo: bool = False

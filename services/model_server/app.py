@@ -60,6 +60,12 @@ MODEL_ERRORS = error_responses(
     },
 )
 """The errors of every route that runs the model."""
+_CHAT_200: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The completion; with `stream: true`, OpenAI stream chunks (SSE).",
+        "content": {"application/json": {}, "text/event-stream": {}},
+    }
+}
 
 
 async def require_admin(request: Request) -> None:
@@ -156,7 +162,7 @@ def create_app(
         """OpenAI-compatible text completions (echo and logprobs; max_tokens 0 with echo)."""
         return JSONResponse(await service.completions(req))
 
-    @app.post("/v1/chat/completions", response_model=None, responses=MODEL_ERRORS)
+    @app.post("/v1/chat/completions", response_model=None, responses={**_CHAT_200, **MODEL_ERRORS})
     async def chat_completions(
         req: ChatCompletionRequest, service: ServiceDep
     ) -> JSONResponse | StreamingResponse:

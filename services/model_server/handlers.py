@@ -11,6 +11,8 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from pydantic import BaseModel
+
 from services.model_server import prompts
 from services.model_server.engines.base import (
     Completion,
@@ -87,15 +89,28 @@ class ModelService:
             logger.exception("engine failure")
             raise EngineError(f"model engine failed: {type(exc).__name__}: {exc}") from exc
 
-    def _check_n(self, n: int, field: str = "n") -> None:
-        if n > self.settings.max_n:
-            raise InvalidRequest(f"{field} must be <= {self.settings.max_n}", field=field)
-
     def _check_max_tokens(self, max_tokens: int, field: str = "max_tokens") -> None:
         if max_tokens > self.settings.max_tokens_limit:
             raise InvalidRequest(
                 f"{field} must be <= {self.settings.max_tokens_limit}", field=field
             )
+
+    def _limited(self, req: BaseModel, field: str, limit: int) -> int:
+        """The request's ``field`` (``n``, ``max_tokens``) within the service's ``limit``: a
+        value the client sent over it is a 422 naming the field; the schema's default is
+        lowered to it, so a client is never refused for a field it did not send."""
+        value = int(getattr(req, field))
+        if field not in req.model_fields_set:
+            return min(value, limit)
+        if value > limit:
+            raise InvalidRequest(f"{field} must be <= {limit}", field=field)
+        return value
+
+    def _n(self, req: BaseModel) -> int:
+        return self._limited(req, "n", self.settings.max_n)
+
+    def _max_tokens(self, req: BaseModel) -> int:
+        return self._limited(req, "max_tokens", self.settings.max_tokens_limit)
 
     def _prompt_ids(self, prompt: str, field: str) -> list[int]:
         ids, _ = encode(self.engine.tokenizer, prompt)
@@ -120,12 +135,10 @@ class ModelService:
     # -- endpoints -----------------------------------------------------------------------
 
     async def rationale(self, req: RationaleRequest) -> RationaleResponse:
-        self._check_max_tokens(req.max_tokens)
+        max_tokens = self._max_tokens(req)
         prompt = prompts.rationale_prompt(self.engine.tokenizer, self.system, req)
         ids = self._prompt_ids(prompt, "question")
-        params = SamplingParams(
-            max_tokens=req.max_tokens, temperature=req.temperature, seed=req.seed
-        )
+        params = SamplingParams(max_tokens=max_tokens, temperature=req.temperature, seed=req.seed)
         (out,) = await self._generate(ids, params)
         return RationaleResponse(
             rationale=out.text.strip(),
@@ -135,13 +148,12 @@ class ModelService:
         )
 
     async def propose(self, req: ProposeRequest) -> ProposeResponse:
-        self._check_n(req.n)
-        self._check_max_tokens(req.max_tokens)
+        n, max_tokens = self._n(req), self._max_tokens(req)
         system = self.system if req.system is None else (req.system or None)
         prompt = prompts.propose_prompt(self.engine.tokenizer, system, req)
         ids = self._prompt_ids(prompt, "steps")
         params = SamplingParams(
-            max_tokens=req.max_tokens, n=req.n, temperature=req.temperature,
+            max_tokens=max_tokens, n=n, temperature=req.temperature,
             top_p=req.top_p, seed=req.seed,
         )  # fmt: skip
         outputs = await self._generate(ids, params)
@@ -203,14 +215,13 @@ class ModelService:
     # -- OpenAI-compatible ---------------------------------------------------------------
 
     async def completions(self, req: CompletionRequest) -> dict[str, Any]:
-        self._check_n(req.n)
-        self._check_max_tokens(req.max_tokens)
+        n, max_tokens = self._n(req), self._max_tokens(req)
         if req.stream:
             raise InvalidRequest(
                 "stream is not supported on /v1/completions; use /v1/chat/completions",
                 field="stream",
             )
-        if req.max_tokens == 0 and not req.echo:
+        if max_tokens == 0 and not req.echo:
             raise InvalidRequest("max_tokens 0 needs echo=true", field="max_tokens")
         prompts_in = self._completion_prompts(req.prompt)
         choices: list[dict[str, Any]] = []
@@ -221,11 +232,11 @@ class ModelService:
             usage["prompt_tokens"] += len(ids)
             echo_window = await self._echo_window(text) if req.echo else None
             outputs: list[Completion]
-            if req.max_tokens == 0:
-                outputs = [Completion("", [], [], "length")] * req.n
+            if max_tokens == 0:
+                outputs = [Completion("", [], [], "length")] * n
             else:
                 params = SamplingParams(
-                    max_tokens=req.max_tokens, n=req.n, temperature=req.temperature,
+                    max_tokens=max_tokens, n=n, temperature=req.temperature,
                     top_p=req.top_p, seed=req.seed, stop=req.stop_list(),
                 )  # fmt: skip
                 outputs = await self._generate(ids, params)
@@ -252,17 +263,34 @@ class ModelService:
         self, prompt: str | list[str] | list[int] | list[list[int]]
     ) -> list[str]:
         """Token-id prompts are decoded so every path scores the same text."""
-        tok = self.engine.tokenizer
         if isinstance(prompt, str):
             return [prompt]
-        if all(isinstance(p, int) for p in prompt):
-            return [tok.decode(prompt)]
-        out = []
-        for p in prompt:
-            out.append(p if isinstance(p, str) else tok.decode(p))
+        ints = [p for p in prompt if isinstance(p, int)]
+        if len(ints) == len(prompt):
+            return [self._decode(ints, "prompt")]
+        out: list[str] = []
+        for i, p in enumerate(prompt):
+            if isinstance(p, str):
+                out.append(p)
+            elif isinstance(p, list):
+                out.append(self._decode(p, f"prompt[{i}]"))
         if any(not p for p in out):
             raise InvalidRequest("prompt must not be empty", field="prompt")
         return out
+
+    def _decode(self, ids: list[int], field: str) -> str:
+        """Token ids as text; an id outside the vocabulary is a 422 naming the field."""
+        tok = self.engine.tokenizer
+        vocab = len(tok)
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InvalidRequest(
+                f"{field}: token id {bad} is outside the vocabulary (0..{vocab - 1})", field=field
+            )
+        text: str = tok.decode(ids)
+        if not text:
+            raise InvalidRequest(f"{field}: the token ids decode to no text", field=field)
+        return text
 
     async def _echo_window(self, text: str) -> tuple[TokenWindow, list[int]]:
         """Log-probs of every prompt token (the first has none) and their character offsets."""
@@ -308,14 +336,14 @@ class ModelService:
         }
 
     async def chat_completions(self, req: ChatCompletionRequest) -> dict[str, Any]:
-        self._check_n(req.n)
+        n = self._n(req)
         budget = req.token_budget(default=min(256, self.settings.max_tokens_limit))
         self._check_max_tokens(budget)
         messages = [{"role": _chat_role(m.role), "content": m.text()} for m in req.messages]
         prompt = prompts.chat_prompt(self.engine.tokenizer, messages)
         ids = self._prompt_ids(prompt, "messages")
         params = SamplingParams(
-            max_tokens=budget, n=req.n, temperature=req.temperature, top_p=req.top_p,
+            max_tokens=budget, n=n, temperature=req.temperature, top_p=req.top_p,
             seed=req.seed, stop=req.stop_list(),
         )  # fmt: skip
         outputs = await self._generate(ids, params)

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,6 +26,8 @@ from arq import Worker
 from arq.constants import in_progress_key_prefix
 from arq.worker import Retry, func
 from pydantic import BaseModel, Field
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.worker.embeddings import EmbeddingModelError
 from services.worker.inputs import InputError
@@ -155,6 +158,46 @@ async def finish_stage(ctx: dict[str, Any], job_id: str, stage: int) -> str:
     )
 
 
+REDIS_DOWN: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
+"""What a Redis that is restarting, or briefly unreachable, raises."""
+
+
+class ResilientWorker(Worker):
+    """arq's Worker, kept alive while Redis is away.
+
+    arq's polling loop lets the first Redis error escape, and the worker process exits: a
+    Redis restart (a deploy, a crash, a failover) would stop every worker at once. Here a poll
+    that finds Redis unreachable is logged once and tried again after ``poll_delay``; shards
+    running meanwhile fail on their own Redis calls and, their leases expiring, are taken again
+    once Redis is back (a shard whose output is on disk is only counted then, not redone).
+    """
+
+    _redis_down_since: float | None = None
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        try:
+            await super().start_jobs(job_ids)
+        except REDIS_DOWN:
+            # arq took a slot for the job it was starting (its semaphore and counter) and
+            # gives it back only when the job's task ends; no task was made for this one.
+            self._release_sem_dec_counter_on_complete()
+            raise
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except REDIS_DOWN as exc:
+            if self._redis_down_since is None:
+                self._redis_down_since = time.monotonic()
+                logger.warning("Redis is unreachable; waiting for it (%s)", exc)
+            return
+        if self._redis_down_since is not None:
+            logger.info(
+                "Redis is reachable again after %.1f s", time.monotonic() - self._redis_down_since
+            )
+            self._redis_down_since = None
+
+
 def build_worker(
     settings: WorkerSettings, *, burst: bool = False, handle_signals: bool = True
 ) -> Worker:
@@ -191,7 +234,7 @@ def build_worker(
         func(run_shard, name=TRAIN_TASK, max_tries=tries, timeout=settings.train_timeout_s),
         func(finish_stage, name=FINISH_TASK, max_tries=tries, timeout=settings.shard_timeout_s),
     ]
-    return Worker(
+    return ResilientWorker(
         functions,
         redis_pool=connect(settings),
         queue_name=settings.queue_name,

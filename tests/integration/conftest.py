@@ -5,7 +5,8 @@ loopback ports, and gateways served in-process by uvicorn over real HTTP.
   parallel, each its own process; ``model`` defaults to the embedded one), waits until all are
   ready and returns them; everything it started is stopped at the end of the session. Tests
   that kill a service start their own.
-- ``model_services`` is the shared trio ``{"rationalyst": url, "agent": url, "scorer": url}``.
+- ``model_services`` is the shared trio ``{"rationalyst": url, "agent": url, "scorer": url}``;
+  ``exact_scorer`` a scorer whose scores repeat exactly, for byte-for-byte output comparisons.
 - ``gateway_factory(**settings)`` serves a gateway app (``create_app``) on a free port in a
   background thread and returns its URL; ``gateway_url`` is one on the shared trio.
 """
@@ -81,6 +82,16 @@ def model_services(
 ) -> dict[str, str]:
     services = model_service_factory("rationalyst", "agent", "scorer")
     return {s.role: s.url for s in services}
+
+
+@pytest.fixture(scope="session")
+def exact_scorer(model_service_factory: Callable[..., list[RunningService]]) -> str:
+    """A scorer whose scores repeat to the last bit: float32, no prefix cache (a prefix taken
+    from the cache was computed in a pass of another shape, and bf16 rounds differently
+    there). For tests that compare a job's outputs with another run's, byte for byte."""
+    env = {"MODEL_SERVER_DTYPE": "float32", "MODEL_SERVER_PREFIX_CACHE_TOKENS": "0"}
+    (scorer,) = model_service_factory("scorer", env=env)
+    return scorer.url
 
 
 class _ServerThread:

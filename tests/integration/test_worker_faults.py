@@ -1,5 +1,6 @@
-"""Faults: a worker killed with SIGKILL mid-shard, two workers on one job, cancel, a model
-service that is down, and Redis losing its state. Real processes, real Redis, the real scorer.
+"""Faults: workers killed with SIGKILL mid-shard (three times in one job), two workers on one
+job, cancel, a model service that is down, and Redis losing its state. Real processes, real
+Redis, the real scorer.
 
 The filter job is the workload: each shard makes real /v1/score calls, so shards take long
 enough to be caught running. tau is very low so every record is kept and the output can be
@@ -63,31 +64,55 @@ def shard_stats(jobs: JobsEnv, job_id: str, n: int) -> list[dict[str, Any]]:  # 
     return [json.loads((folder / f"{i:05d}.done.json").read_text()) for i in range(n)]
 
 
-def test_worker_kill9_mid_shard_loses_and_duplicates_nothing(
+OUTPUTS = ("filter/output.jsonl", "filter/train.jsonl", "filter/dev.jsonl")
+
+
+def outputs(jobs: JobsEnv, job_id: str) -> dict[str, str]:  # noqa: F811
+    return {name: jobs.artifact(job_id, name) for name in OUTPUTS}
+
+
+def test_worker_killed_three_times_mid_shard_loses_and_duplicates_nothing(
     jobs: JobsEnv,  # noqa: F811
-    model_services: dict[str, str],
+    exact_scorer: str,
     tmp_path: Path,
 ) -> None:
-    n = 12
+    """Three workers in turn are SIGKILLed while each runs a shard (three different shards);
+    the job's outputs are those of an undisturbed run of the same spec, byte for byte."""
+    n = 20
     path = triples_file(tmp_path / "t.jsonl", n)
-    victim = jobs.start_worker(scorer_url=model_services["scorer"])
+    scorer = exact_scorer
+    first = jobs.start_worker(scorer_url=scorer)
+    undisturbed = jobs.submit(filter_spec(path))
+    assert jobs.wait(undisturbed)["state"] == "succeeded"
+    first.stop()
+
+    worker = jobs.start_worker(scorer_url=scorer)
     job_id = jobs.submit(filter_spec(path))
-    # the victim takes a shard; kill it while the shard is running
-    held = wait_until(lambda: running(jobs, job_id))
-    assert any(w.endswith(f":{victim.pid}") for w in held.values())
-    (shard_key,) = held.keys()
-    victim.kill9()
-    jobs.start_worker(scorer_url=model_services["scorer"])  # the restarted replica
+    killed: dict[str, int] = {}  # shard key -> pid of the worker killed while running it
+
+    def running_here(pid: int) -> list[str]:
+        # a killed worker's entries stay in the hash; only this worker's count
+        return [k for k, w in running(jobs, job_id).items() if w.endswith(f":{pid}")]
+
+    for _ in range(3):
+        (shard_key,) = wait_until(
+            lambda pid=worker.pid: [k for k in running_here(pid) if k not in killed]
+        )
+        worker.kill9()
+        killed[shard_key] = worker.pid
+        worker = jobs.start_worker(scorer_url=scorer)  # the replica, restarted
     status = jobs.wait(job_id)
     assert status["state"] == "succeeded", status
     ids = output_ids(jobs, job_id)
     assert sorted(ids) == [f"t{i:03d}" for i in range(n)]  # every record exactly once
     (stage,) = status["stages"]
     assert stage["counts"]["records_in"] == n and stage["counts"]["records_kept"] == n
-    shard = int(shard_key.split(":")[1])
-    retaken = shard_stats(jobs, job_id, n // 2)[shard]
-    assert not retaken["worker"].endswith(f":{victim.pid}")
-    assert retaken["attempt"] >= 2
+    assert outputs(jobs, job_id) == outputs(jobs, undisturbed)
+    stats = shard_stats(jobs, job_id, n // 2)
+    for shard_key, pid in killed.items():
+        retaken = stats[int(shard_key.split(":")[1])]
+        assert not retaken["worker"].endswith(f":{pid}")
+        assert retaken["attempt"] >= 2
 
 
 def test_worker_two_workers_share_one_job(

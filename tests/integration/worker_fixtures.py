@@ -33,11 +33,13 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 @dataclass
 class RedisServer:
-    """One redis-server on a loopback port, nothing kept on disk; restartable on that port."""
+    """One redis-server on a loopback port, restartable on that port. Nothing kept on disk,
+    or with ``aof`` the append-only file as compose configures it (fsync once a second)."""
 
     port: int
     workdir: Path
     proc: subprocess.Popen[bytes] | None = None
+    aof: bool = False
 
     @property
     def url(self) -> str:
@@ -45,7 +47,11 @@ class RedisServer:
 
     def start(self) -> None:
         cmd = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-               "--appendonly", "no", "--dir", str(self.workdir)]  # fmt: skip
+               "--dir", str(self.workdir)]  # fmt: skip
+        if self.aof:
+            cmd += ["--appendonly", "yes", "--appendfsync", "everysec"]
+        else:
+            cmd += ["--appendonly", "no"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import redis
 
@@ -60,9 +66,18 @@ class RedisServer:
                 time.sleep(0.05)
 
     def stop(self) -> None:
+        """SIGKILL: whatever it held in memory only is gone."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+        self.proc = None
+
+    def shutdown(self) -> None:
+        """SIGTERM, what a restart by compose or Kubernetes sends: Redis writes out its
+        append-only file and exits."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
         self.proc = None
 
 

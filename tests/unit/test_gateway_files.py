@@ -136,6 +136,7 @@ TRUNCATED = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a"\r
         ({"data": {"purpose": "user_data"}}, "body", "multipart/form-data"),  # urlencoded
         ({"files": {"other": ("a.txt", b"a")}}, "file", "`file`"),
         ({"files": {"file": ("a.txt", b"a")}, "data": {"purpose": "Bad Purpose"}}, "purpose", ""),
+        ({"files": {"file": ("a.txt", b"a")}, "data": {"purpose": ""}}, "purpose", ""),
         ({"content": TRUNCATED, "headers": {"content-type": "multipart/form-data; boundary=b"}},
          "body", "ends early"),
         (

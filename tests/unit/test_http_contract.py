@@ -30,7 +30,7 @@ GATEWAY: dict[tuple[str, str], set[int]] = {
     ("GET", "/ready"): {503},
     ("POST", "/v1/reason"): SEARCH,
     ("POST", "/v1/select"): SEARCH,
-    ("POST", "/v1/chat/completions"): SEARCH,
+    ("POST", "/v1/chat/completions"): SEARCH | {404},  # a model it does not serve
     ("POST", "/v1/reason/{search_id}/cancel"): {401, 404, 422},
     ("POST", "/v1/verify"): SEARCH,
     ("POST", "/v1/chat/completions/{completion_id}/cancel"): {401, 404, 422},
@@ -176,3 +176,37 @@ async def test_a_field_error_inside_a_body_still_names_the_field(asgi_client) ->
         r = await client.post("/v1/reason", json={"question": ["not", "a", "string"]})
     assert r.status_code == 422
     assert r.json()["error"]["field"] == "question"
+
+
+async def test_an_unexpected_error_is_a_500_envelope_with_the_request_id() -> None:
+    from shared.http import HttpMetrics, install_error_handlers, install_middleware
+
+    app = FastAPI()
+    install_error_handlers(app)
+    install_middleware(app, HttpMetrics("test"))
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        r = await client.get("/boom", headers={"X-Request-Id": "r500"})
+    assert r.status_code == 500
+    assert r.headers["x-request-id"] == "r500"
+    err = r.json()["error"]
+    assert err["type"] == "internal_error" and err["request_id"] == "r500"
+    assert "a bug" not in err["message"]  # nothing of the exception's text leaves the process
+
+
+@pytest.mark.parametrize(
+    ("make", "path"),
+    [
+        (gateway_app, "/v1/reason"),
+        (gateway_app, "/v1/chat/completions"),
+        (model_service_app, "/v1/chat/completions"),
+    ],
+)
+def test_openapi_streaming_routes_document_both_content_types(make, path: str) -> None:  # type: ignore[no-untyped-def]
+    content = operations(make())[("POST", path)]["responses"]["200"]["content"]
+    assert {"application/json", "text/event-stream"} <= set(content), content

@@ -45,6 +45,8 @@ async def test_propose_returns_n_candidates(fake_engine, asgi_client) -> None:
         ("/v1/score", {"context": "a", "continuations": ["b"], "decay": 0}, "decay"),
         ("/v1/completions", {"prompt": "a", "max_tokens": 0}, "max_tokens"),
         ("/v1/completions", {"prompt": ""}, "prompt"),
+        ("/v1/completions", {"prompt": [10**9]}, "prompt"),  # outside the vocabulary
+        ("/v1/completions", {"prompt": [[5], [7, -3 + 10**12]]}, "prompt[1]"),
         ("/v1/chat/completions", {"messages": []}, "messages"),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "n": 9}, "n"),
     ],
@@ -59,6 +61,29 @@ async def test_bad_input_is_422_naming_the_field(
     assert error["type"] == "invalid_request"
     assert error["field"] == field
     assert error["request_id"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "n", "max_tokens"),
+    [
+        ("/v1/propose", {"question": "q"}, 2, 8),  # defaults n=3, max_tokens=128
+        ("/v1/rationale", {"question": "q"}, 1, 8),
+        ("/v1/completions", {"prompt": "a"}, 1, 8),  # default max_tokens=16
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}, 1, 8),
+    ],
+)
+async def test_defaults_over_the_limits_are_lowered_to_them(
+    fake_engine, asgi_client, path: str, body: dict[str, Any], n: int, max_tokens: int
+) -> None:
+    app = create_app(
+        ModelServerSettings(role=Role.agent, max_n=2, max_tokens_limit=8), engine=fake_engine
+    )
+    async with asgi_client(app) as client:
+        r = await client.post(path, json=body)
+    assert r.status_code == 200, r.text
+    ((kind, params),) = fake_engine.calls
+    assert kind == "generate"
+    assert (params.n, params.max_tokens) == (n, max_tokens)
 
 
 async def test_malformed_json_is_422(fake_engine, asgi_client) -> None:
