@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
+from shared.prompts import RATIONALYST_SYSTEM_PROMPT
 from shared.schemas import NonEmptyStr, Strict
 
 JOB_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
@@ -217,7 +218,10 @@ class FilterOptions(Strict):
 
 class SftOptions(Strict):
     system_prompt: str | None = Field(
-        default=None, description="An optional system message opening every chat row."
+        default=RATIONALYST_SYSTEM_PROMPT,
+        description="System message opening every chat row: by default the one the "
+        "rationalyst role serves with, so the trained model is asked as it was trained "
+        "(null or '' for none).",
     )
 
 
