@@ -86,7 +86,7 @@ async def test_worker_extract_counts_every_record() -> None:
             )
         return chat_reply(text)  # a verbatim copy without rationales
 
-    stage = build_stage(spec("extract"), JobKind.extract)
+    stage = build_stage(spec("extract", mode="insert"), JobKind.extract)
     rt = runtime(agent=client("agent", agent))
     recs = records(
         {"id": "d1", "text": DOC, "source": "web"},
@@ -114,7 +114,7 @@ async def test_worker_model_service_down_aborts_the_shard() -> None:
     def agent(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused")
 
-    stage = build_stage(spec("extract"), JobKind.extract)
+    stage = build_stage(spec("extract", mode="insert"), JobKind.extract)
     rt = runtime(agent=ModelServiceClient("agent", "http://fake", connect_retries=0,
                                           transport=httpx.MockTransport(agent)))  # fmt: skip
     with pytest.raises(ServiceUnavailable, match="agent is unreachable"):
@@ -122,7 +122,7 @@ async def test_worker_model_service_down_aborts_the_shard() -> None:
 
 
 async def test_worker_cancelled_job_stops_the_shard() -> None:
-    stage = build_stage(spec("extract"), JobKind.extract)
+    stage = build_stage(spec("extract", mode="insert"), JobKind.extract)
     rt = runtime(agent=client("agent", lambda r: chat_reply(MARKED)))
     with pytest.raises(JobStopped):
         await stage.process(records({"text": DOC}), context(rt, active=False))
