@@ -279,10 +279,12 @@ class ExtractOptions(Strict):
 
 
 DEFAULT_SCORING_SYSTEM_PROMPT = (
-    "Continue the text. The user message holds the preceding text; it may end with a "
-    "rationale between <BOT> and <EOT>, a hidden thought that guides what comes next. Write "
-    "the text that follows, consistent with the preceding text and the rationale."
+    "Continue the text. The user message holds the preceding text. Your reply may open with a "
+    "rationale between <BOT> and <EOT>, a hidden thought that guides what comes next; then "
+    "write the text that follows, consistent with the preceding text and the rationale."
 )
+"""System message of the filter's scores (and of the boundary selection's): the rationale,
+when there is one, opens the assistant turn, before the following text it should predict."""
 
 
 class FilterOptions(Strict):

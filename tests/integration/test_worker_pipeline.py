@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from services.worker.prompts import EXTRACTION_EXAMPLES
-from services.worker.stages.filter import score_requests
+from services.worker.stages.filter import score_request
 from services.worker.text import parse_markup, similarity
 from shared.clients import ModelServiceClient
 from shared.job_schemas import FilterOptions
@@ -180,13 +180,28 @@ def test_worker_filter_scores_equal_direct_score_calls(
     assert diffs == sorted(diffs, reverse=True)
 
     async def direct(row: dict[str, Any]) -> tuple[float, float]:
+        """S_with and S_without as two separate requests, without the ``given`` form: the
+        rationale's text opening the assistant turn, scored apart from ``following``."""
         c = ModelServiceClient("scorer", model_services["scorer"], timeout=600)
+        one = score_request(row, FilterOptions())
+        assert one.given is not None
         try:
-            with_req, without_req = score_requests(row, FilterOptions())
+            with_req = one.model_copy(
+                update={"given": None, "continuations": [one.given[0] + one.continuations[0]],
+                        "return_tokens": True}
+            )  # fmt: skip
+            without_req = one.model_copy(
+                update={"given": None, "continuations": one.continuations[1:]}
+            )
             a, b = await asyncio.gather(c.score(with_req), c.score(without_req))
         finally:
             await c.aclose()
-        return a.scores[0].decayed_sum, b.scores[0].decayed_sum
+        # the tokens of `following` are the last num_tokens of the with-rationale text
+        n = b.scores[0].num_tokens
+        assert a.scores[0].tokens is not None
+        lps = [t.logprob for t in a.scores[0].tokens][-n:]
+        s_with = sum(0.9**i * lp for i, lp in enumerate(lps))
+        return s_with, b.scores[0].decayed_sum
 
     for row in rows:
         s_with, s_without = asyncio.run(direct(by_id[row["id"]]))
