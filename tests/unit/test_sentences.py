@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from shared.sentences import sentence_spans, split_sentences
@@ -18,14 +20,16 @@ pytestmark = pytest.mark.unit
         ),
         (
             "Dr. Smith met Mrs. Jones, e.g. at noon. They live in the U.S. now. See Fig. 3.",
-            ["Dr. Smith met Mrs. Jones, e.g. at noon.", "They live in the U.S. now.", "See Fig. 3."],
+            ["Dr. Smith met Mrs. Jones, e.g. at noon.", "They live in the U.S. now.",
+             "See Fig. 3."],
         ),
         (
             "J. K. Rowling wrote it. George W. Bush read it. Kale has vitamin C. It is green.",
             ["J. K. Rowling wrote it.", "George W. Bush read it.", "Kale has vitamin C.",
              "It is green."],
         ),
-        ("No. The answer is no. Call No. 5 later.", ["No.", "The answer is no.", "Call No. 5 later."]),
+        ("No. The answer is no. Call No. 5 later.",
+         ["No.", "The answer is no.", "Call No. 5 later."]),
     ],
 )  # fmt: skip
 def test_sentences_abbreviations_and_initials_do_not_end_a_sentence(
@@ -80,7 +84,7 @@ def test_sentences_spans_are_exact_and_cover_the_text() -> None:
     assert [text[a:b] for a, b in spans] == [
         "Tom has 3 apples.", "He buys 5 more.", "Now he has 8 apples",
     ]  # fmt: skip
-    gaps = [text[b:a] for (_, b), (a, _) in zip(spans, spans[1:], strict=False)]
+    gaps = [text[b:a] for (_, b), (a, _) in itertools.pairwise(spans)]
     assert all(not gap.strip() for gap in gaps)
     assert split_sentences("no boundary here") == ["no boundary here"]
     assert split_sentences("   ") == []
