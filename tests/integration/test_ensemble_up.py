@@ -59,6 +59,7 @@ def ensemble(
     logs = tmp_path_factory.mktemp("up-logs")
     artifacts = tmp_path_factory.mktemp("up-artifacts")
     env = {k: v for k, v in os.environ.items() if k != "MODEL_SERVER_THREADS"}
+    env["PYTHONUNBUFFERED"] = "1"  # its report is read from the file as it is written
     cmd = [
         str(Path(sys.executable).with_name("rationalyst")),
         "up",
@@ -84,11 +85,8 @@ def ensemble(
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             assert proc.poll() is None, f"rationalyst up exited: {proc.returncode} (logs {logs})"
-            try:
-                if httpx.get(f"{urls['gateway']}/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
+            if "all ready" in output.read_text(errors="replace"):  # the worker too
+                break
             assert time.monotonic() < deadline, f"the ensemble was not ready (logs {logs})"
             time.sleep(1)
         yield urls
@@ -203,7 +201,7 @@ SAMPLE_ROWS = Path(__file__).resolve().parents[2] / "services/worker/sample_corp
 
 def submit_and_wait(gateway: str, spec: dict[str, Any], timeout_s: float = 300) -> dict[str, Any]:
     r = httpx.post(f"{gateway}/v1/jobs", json=spec, timeout=30)
-    assert r.status_code == 201, r.text
+    assert r.status_code == 202, r.text
     job_id = r.json()["id"]
     deadline = time.monotonic() + timeout_s
     while True:
