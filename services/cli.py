@@ -34,3 +34,6 @@ app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(eval_app, name="eval")
+
+if __name__ == "__main__":  # `python -m services.cli ...`, as the console script `rationalyst`
+    app(prog_name="rationalyst")
