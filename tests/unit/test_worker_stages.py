@@ -259,3 +259,17 @@ async def test_worker_prefilter_keeps_close_documents(tmp_path: Path) -> None:
     write_json(paths.shard_done(0), result.to_json())
     summary = stage.finish(paths, 1, [result.to_json()])
     assert sum(summary["similarity_histogram"]["all"]) == 2
+
+
+async def test_worker_sft_rows_open_with_the_rationalyst_serving_prompt() -> None:
+    from services.model_server.prompts import system_prompt
+    from shared.schemas import Role
+
+    stage = build_stage(spec("sft_data"), JobKind.sft_data)
+    result = await stage.process(records(triple(0, "r0")), context(runtime()))
+    (row,) = result.streams["output"]
+    served = system_prompt(Role.rationalyst, None)
+    assert served and row["messages"][0] == {"role": "system", "content": served}
+    none = build_stage(spec("sft_data", system_prompt=None), JobKind.sft_data)
+    (bare,) = (await none.process(records(triple(0, "r0")), context(runtime()))).streams["output"]
+    assert [m["role"] for m in bare["messages"]] == ["user", "assistant"]
