@@ -215,3 +215,18 @@ async def test_worker_insert_on_a_model_without_markup_reports_it(tmp_path: Path
     assert "'boundary'" in warning
     report = stage.report({**summary, "drop_reasons": {"no_rationale": 2}, "mode": "insert"})
     assert report["mode"] == "insert" and report["warnings"] == [warning]
+
+
+def test_worker_jobs_watch_shows_the_extract_report() -> None:
+    from services.worker.cli import _report_lines
+
+    report = {
+        "mode": "boundary", "mode_requested": "auto", "drop_reasons": {"no_boundary": 1},
+        "boundary": {"boundaries": 9, "boundaries_asked": 6, "triples": 4,
+                     "rationales_dropped": {"empty": 2}},
+        "warnings": ["3 of 3 documents produced no <BOT>...<EOT> markup"],
+    }  # fmt: skip
+    lines = _report_lines({"name": "extract", "report": report})
+    assert lines[0].startswith("mode boundary (chosen by auto): 6 of 9 boundaries asked")
+    assert "dropped {'no_boundary': 1}" in lines and lines[-1].startswith("warning: 3 of 3")
+    assert _report_lines({"name": "sft_data", "report": {"drop_reasons": {}}}) == []
