@@ -134,6 +134,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench-pipeline"))
     parser.add_argument("--ready-timeout", type=float, default=900.0)
     args = parser.parse_args()
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # unwinds through the finally that stops the ensemble
+
+    # also when started in the background, where a shell leaves SIGINT ignored
+    signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
     out = args.out.resolve()
     started = time.monotonic()
     proc, urls = start_up(out, args.ready_timeout)

@@ -261,8 +261,9 @@ class ExtractOptions(Strict):
         gt=0.0,
         le=1.0,
         description="boundary: an answer that contains the next sentence or a sentence of the "
-        "text so far, or is at least this similar to one (case and end punctuation ignored), "
-        "repeats the text and is dropped, never a triple.",
+        "text so far, is at least this similar to one (Levenshtein; case and end punctuation "
+        "ignored) or holds this share of its content words repeats the text and is dropped, "
+        "never a triple.",
     )
     boundary_system_prompt: str | None = Field(
         default=None, description="boundary: overrides the boundary prompt's system message."

@@ -190,10 +190,27 @@ def _comparable(text: str) -> str:
     return " ".join(text.lower().split()).strip(" .!?;:,\"'")
 
 
+MIN_CONTENT_WORDS = 3
+"""A sentence needs this many content words before word overlap can call an answer a repeat
+of it (two shared words say little)."""
+
+
+def content_recall(answer: str, sentence: str) -> float:
+    """The share of ``sentence``'s content words (:func:`normalize`: no case, punctuation or
+    stopwords) that ``answer`` contains; 0 for a sentence without them."""
+    words = set(normalize(sentence).split())
+    return len(words & set(normalize(answer).split())) / len(words) if words else 0.0
+
+
 def repeats(answer: str, sentence: str, *, max_similarity: float) -> bool:
-    """Whether ``answer`` repeats ``sentence``: contains it, or is at least ``max_similarity``
-    similar to it (case, spacing and end punctuation ignored)."""
+    """Whether ``answer`` repeats ``sentence``: contains it, is at least ``max_similarity``
+    similar to it (Levenshtein; case, spacing and end punctuation ignored), or holds at least
+    that share of its content words (a restatement in another order: "If you drop out, you
+    cannot earn a degree" for "You cannot earn a degree if you drop out")."""
     a, s = _comparable(answer), _comparable(sentence)
     if not a or not s:
         return False
-    return s in a or similarity(a, s) >= max_similarity
+    if s in a or similarity(a, s) >= max_similarity:
+        return True
+    enough = len(set(normalize(sentence).split())) >= MIN_CONTENT_WORDS
+    return enough and content_recall(answer, sentence) >= max_similarity
