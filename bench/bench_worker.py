@@ -4,9 +4,10 @@
 
 Starts its own redis-server, two scorer model services on the embedded model (one torch thread
 each) and worker processes on free loopback ports, and stops them at the end. Three runs on
-the same triples (two /v1/score requests each: with and without the rationale):
+the same triples (one /v1/score request each, scoring ``following`` with and without the
+rationale):
 
-- raw:  the two requests of every triple sent straight to scorer A, as many at once as one
+- raw:  the request of every triple sent straight to scorer A, as many at once as one
         worker keeps in flight (``--concurrency`` x ``--worker-concurrency`` shards);
 - 1x1:  a filter job on one worker using scorer A;
 - 2x2:  the same job on two workers, each using its own scorer replica (A, B).
@@ -44,7 +45,7 @@ from gateway.ensemble import (
     stop_processes,
     wait_ready,
 )
-from services.worker.stages.filter import score_requests
+from services.worker.stages.filter import score_request
 from shared.clients import ModelServiceClient
 from shared.job_schemas import FilterOptions, FilterSpec, InputSpec
 from shared.jobs_store import JobStore, JobStoreSettings
@@ -77,7 +78,8 @@ def make_triples(n: int) -> list[dict[str, Any]]:
 
 
 async def raw_run(url: str, triples: list[dict[str, Any]], concurrency: int) -> tuple[float, int]:
-    """Seconds and tokens for the 2 x n score requests straight to one scorer."""
+    """Seconds and tokens for the n score requests (each scoring with and without the
+    rationale) straight to one scorer."""
     client = ModelServiceClient("scorer", url, timeout=600)
     sem = asyncio.Semaphore(concurrency)
     tokens = 0
@@ -85,10 +87,10 @@ async def raw_run(url: str, triples: list[dict[str, Any]], concurrency: int) -> 
     async def one(req: Any) -> None:
         nonlocal tokens
         async with sem:
-            scored = (await client.score(req)).scores[0].num_tokens
+            scored = sum(s.num_tokens for s in (await client.score(req)).scores)
             tokens += scored  # not `tokens += await ...`: that reads tokens before awaiting
 
-    reqs = [r for t in triples for r in score_requests(t, FilterOptions())]
+    reqs = [score_request(t, FilterOptions()) for t in triples]
     start = time.perf_counter()
     await asyncio.gather(*(one(r) for r in reqs))
     elapsed = time.perf_counter() - start

@@ -104,22 +104,57 @@ def up(
     logs_dir: Annotated[
         Path | None, typer.Option(help="Folder of the processes' logs (default: a temp dir).")
     ] = None,
+    worker: Annotated[
+        bool,
+        typer.Option(
+            "--worker/--no-worker",
+            help="Start a worker and a Redis for the offline jobs (--no-worker: models and "
+            "gateway only).",
+        ),
+    ] = True,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Redis of the job queue [default: WORKER_REDIS_URL, else "
+            "redis://127.0.0.1:6379/0 when one answers there, else a redis-server started "
+            "on a free port]."
+        ),
+    ] = None,
+    start_redis: Annotated[
+        bool,
+        typer.Option("--start-redis", help="Always start a redis-server of the ensemble's own."),
+    ] = False,
+    artifacts_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Artifacts root of the gateway and the worker [default: WORKER_ARTIFACTS_DIR, "
+            "else ~/.cache/rationalyst/artifacts]."
+        ),
+    ] = None,
 ) -> None:
-    """Start three model services and the gateway on loopback; Ctrl-C stops them all."""
+    """Start three model services, the gateway, a worker and (when none is reachable) a Redis
+    on loopback; Ctrl-C stops them all."""
     from rich.console import Console
     from rich.live import Live
     from rich.table import Table
 
     from gateway.ensemble import (
         EnsembleError,
+        JobQueue,
         ServiceProcess,
+        available_cores,
         gateway_command,
         model_service_command,
         port_in_use,
+        restart_process,
         start_process,
         stop_processes,
+        supervise,
         thread_envs,
         wait_ready,
+        worker_command,
+        worker_env,
+        worker_ready,
     )
 
     console = Console()
@@ -159,8 +194,21 @@ def up(
         if internal_token
         else {}
     )
+    queue = None
+    if worker:
+        try:
+            queue = JobQueue.choose(host, redis_url, start_redis, artifacts_dir)
+        except EnsembleError as exc:
+            console.print(f"[red]{exc}[/red]", markup=False)
+            raise typer.Exit(1) from exc
+    gateway_env = {**env, **(queue.gateway_env() if queue else {})}
+    restartable: set[str] = set()
 
     try:
+        if queue is not None and queue.server_command is not None:
+            procs.append(queue.start_server(log_path))
+            restartable.add("redis")
+            queue.wait_server(procs[-1])
         for role in ROLES:
             cmd = model_service_command(
                 role, ports[role], host=host, model=models[role], engine=engine
@@ -169,8 +217,26 @@ def up(
             procs.append(start_process(role, cmd, urls[role], log_dir=log_path, env=role_env))
         gateway_cmd = gateway_command(port, urls, host=host)
         procs.append(
-            start_process("gateway", gateway_cmd, urls["gateway"], log_dir=log_path, env=env)
+            start_process(
+                "gateway", gateway_cmd, urls["gateway"], log_dir=log_path, env=gateway_env
+            )
         )
+        if queue is not None:
+            w_env = worker_env(
+                redis_url=queue.url,
+                artifacts_dir=queue.artifacts_dir,
+                agent_url=urls["agent"],
+                scorer_url=urls["scorer"],
+                train_threads=len(available_cores()),
+                internal_token=internal_token,
+            )
+            procs.append(
+                start_process(
+                    "worker", worker_command(), queue.url, log_dir=log_path,
+                    env={**w_env, **queue.data_dirs_env()}, ready=worker_ready(queue.url),
+                )
+            )  # fmt: skip
+            restartable.add("worker")
         started = time.monotonic()
         with Live(table({}), console=console, refresh_per_second=4) as live:
             wait_ready(procs, timeout_s=timeout, on_poll=lambda s: live.update(table(s)))
@@ -182,7 +248,13 @@ def up(
             where = f"  {name:<12} {urls[name]}"
             if name in threads:
                 where += f"  ({threads[name]['MODEL_SERVER_THREADS']} threads)"
-            console.print(where)
+            console.print(where, markup=False)
+        if queue is not None:
+            console.print(f"  {'redis':<12} {queue.describe()}", markup=False, soft_wrap=True)
+            console.print(
+                f"  {'worker':<12} artifacts in {queue.artifacts_dir}", markup=False,
+                soft_wrap=True,
+            )  # fmt: skip
         console.print("\nTry:")
         console.print(
             f"  curl -s {urls['gateway']}/v1/reason -H 'Content-Type: application/json' \\\n"
@@ -196,17 +268,24 @@ def up(
             markup=False,
             soft_wrap=True,
         )
+        if queue is not None:
+            gw = "" if port == DEFAULT_PORTS["gateway"] else f" --url {urls['gateway']}"
+            console.print(
+                f"  rationalyst jobs submit --kind prefilter{gw} \\\n"
+                "    -i services/worker/sample_corpus/corpus.jsonl --watch",
+                markup=False,
+                soft_wrap=True,
+            )
         use = f"  rationalyst models use <registered-name> --url {urls['rationalyst']}"
         use += " --token <internal token>" if internal_token else "   (start with --internal-token)"
         console.print(use, markup=False, soft_wrap=True)
         console.print("\nCtrl-C stops everything.")
-        while all(p.alive() for p in procs):
-            time.sleep(0.5)
-        dead = next(p for p in procs if not p.alive())
+        dead = supervise(procs, restartable, queue, console, restart_process)
         console.print(
-            f"[red]{dead.name} exited with code {dead.popen.returncode}[/red]; stopping the rest\n"
+            f"{dead.name} exited with code {dead.popen.returncode}; stopping the rest\n"
             f"{dead.log_tail()}",
             markup=False,
+            style="red",
         )
         raise typer.Exit(1)
     except EnsembleError as exc:

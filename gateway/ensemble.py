@@ -1,24 +1,27 @@
-"""Local processes of the ensemble: start model services and the gateway as subprocesses on
-loopback, wait until each answers /ready, stop them cleanly.
+"""Local processes of the ensemble: start model services, the gateway, a worker and (when none
+is reachable) a Redis as subprocesses on loopback, wait until each is ready, restart the ones
+that may be restarted, stop them cleanly.
 
 Used by ``rationalyst up`` and by the integration tests' fixtures. Each child runs in its own
 session (process group), so a Ctrl-C in the terminal reaches only the parent, which then stops
 the children in order: SIGTERM to the child's group, a grace period, SIGKILL for what is left.
-Stdlib and httpx only (no torch): importing it is cheap.
+Stdlib, httpx and redis-py only (no torch): importing it is cheap.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ROLES: tuple[str, ...] = ("rationalyst", "agent", "scorer")
@@ -58,6 +61,10 @@ class ServiceProcess:
     command: list[str]
     popen: subprocess.Popen[bytes]
     log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    """The variables it was started with on top of the parent's (to restart it the same)."""
+    ready: Callable[[], bool] | None = None
+    """Its readiness check; None: ``GET {url}/ready`` answers 200."""
 
     @property
     def pid(self) -> int:
@@ -198,11 +205,14 @@ def start_process(
     *,
     log_dir: Path,
     env: Mapping[str, str] | None = None,
+    ready: Callable[[], bool] | None = None,
+    append_log: bool = False,
 ) -> ServiceProcess:
-    """Start ``command`` with stdout and stderr in ``log_dir/<name>.log``."""
+    """Start ``command`` with stdout and stderr in ``log_dir/<name>.log`` (appended to when
+    ``append_log``: a restart keeps the log of the run that died)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
-    with log_path.open("wb") as log:
+    with log_path.open("ab" if append_log else "wb") as log:
         popen = subprocess.Popen(
             list(command),
             stdout=log,
@@ -212,7 +222,15 @@ def start_process(
             cwd=PROJECT_ROOT,
             start_new_session=True,
         )
-    return ServiceProcess(name, url, list(command), popen, log_path)
+    return ServiceProcess(name, url, list(command), popen, log_path, dict(env or {}), ready)
+
+
+def restart_process(p: ServiceProcess) -> ServiceProcess:
+    """Start ``p``'s command again, with the same environment, appending to its log."""
+    return start_process(
+        p.name, p.command, p.url, log_dir=p.log_path.parent, env=p.env, ready=p.ready,
+        append_log=True,
+    )  # fmt: skip
 
 
 def is_ready(url: str, *, timeout_s: float = 2.0) -> bool:
@@ -247,7 +265,7 @@ def wait_ready(
                     f"{p.name} exited with code {p.popen.returncode} before it was ready "
                     f"(log {p.log_path}):\n{p.log_tail()}"
                 )
-            if is_ready(p.url):
+            if p.ready() if p.ready is not None else is_ready(p.url):
                 status[p.name] = "ready"
         if on_poll is not None:
             on_poll(dict(status))
@@ -281,3 +299,297 @@ def stop_processes(procs: Iterable[ServiceProcess], *, timeout_s: float = 10.0) 
         if p.alive():
             _signal_group(p, signal.SIGKILL)
             p.popen.wait()
+
+
+# --------------------------------------------------------------------------------------------
+# The job queue: Redis and a worker
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+"""Where the gateway and the worker look for Redis unless told otherwise."""
+REDIS_URL_VARS = ("WORKER_REDIS_URL", "GATEWAY_REDIS_URL")
+WORKER_THREADS = 1
+"""Threads of the worker's own torch and BLAS pools: it mostly waits on HTTP; only the
+prefilter's embedding model computes in the worker (training runs in a child process that
+gets its own threads, ``WORKER_TRAIN_THREADS``)."""
+
+
+def redis_ping(url: str, *, timeout_s: float = 1.0) -> bool:
+    """Whether a Redis answers PING at ``url``."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def configured_redis_url(environ: Mapping[str, str] | None = None) -> str | None:
+    """The Redis URL the user set (``WORKER_REDIS_URL``, else ``GATEWAY_REDIS_URL``)."""
+    environ = os.environ if environ is None else environ
+    for var in REDIS_URL_VARS:
+        if environ.get(var, "").strip():
+            return environ[var].strip()
+    return None
+
+
+def find_redis_server() -> str | None:
+    return shutil.which("redis-server")
+
+
+REDIS_MISSING = (
+    "no Redis is reachable at {url} and redis-server is not installed, so `up` cannot start "
+    "one for the job queue. Install it (scripts/bootstrap.sh does where it can; else "
+    "`apt-get install redis-server` or `brew install redis`), point WORKER_REDIS_URL at a "
+    "running Redis, or start without jobs: `rationalyst up --no-worker`."
+)
+
+
+def redis_server_command(
+    port: int, data_dir: Path, *, host: str = "127.0.0.1", binary: str = "redis-server"
+) -> list[str]:
+    """A redis-server that keeps the job state in an append-only file under ``data_dir``,
+    written before each reply (``appendfsync always``: a Redis killed at any moment loses no
+    job state, and at the job queue's rate of writes the cost is nothing)."""
+    return [
+        binary, "--port", str(port), "--bind", host, "--dir", str(data_dir),
+        "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+        "--protected-mode", "no",
+    ]  # fmt: skip
+
+
+def worker_command() -> list[str]:
+    return [sys.executable, "-m", "services.worker"]
+
+
+def worker_ready(redis_url: str, queue_name: str = "rationalyst:queue") -> Callable[[], bool]:
+    """A worker is ready once it polls the queue: arq then writes its health-check key (and
+    deletes it when the worker stops)."""
+
+    def check() -> bool:
+        import redis
+
+        client = redis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
+        try:
+            return bool(client.exists(f"{queue_name}:health-check"))
+        except (redis.RedisError, OSError):
+            return False
+        finally:
+            client.close()
+
+    return check
+
+
+def worker_env(
+    *,
+    redis_url: str,
+    artifacts_dir: Path,
+    agent_url: str,
+    scorer_url: str,
+    train_threads: int,
+    internal_token: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The worker's variables under ``up``: the ensemble's Redis, artifacts root and model
+    services; one thread for its own pools (:data:`WORKER_THREADS`), all the cores for a
+    training run. Values the user set win, except the URLs ``up`` wires itself."""
+    environ = os.environ if environ is None else environ
+    env = dict.fromkeys(_POOL_VARS, str(WORKER_THREADS))
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    env["WORKER_TRAIN_THREADS"] = str(train_threads)
+    env = {k: environ.get(k) or v for k, v in env.items()}
+    env.update(
+        WORKER_REDIS_URL=redis_url,
+        WORKER_ARTIFACTS_DIR=str(artifacts_dir),
+        WORKER_AGENT_URL=agent_url,
+        WORKER_SCORER_URL=scorer_url,
+    )
+    if internal_token:
+        env["WORKER_INTERNAL_TOKEN"] = internal_token
+    return env
+
+
+@dataclass
+class RestartPolicy:
+    """When to start a restartable process again: at once the first time, then after a delay
+    that doubles with each further death within ``window_s`` (up to ``max_delay_s``)."""
+
+    window_s: float = 60.0
+    max_delay_s: float = 30.0
+    deaths: dict[str, list[float]] = field(default_factory=dict)
+
+    def delay(self, name: str, now: float | None = None) -> float:
+        """Record a death of ``name``; the seconds to wait before restarting it."""
+        now = time.monotonic() if now is None else now
+        recent = [t for t in self.deaths.get(name, []) if now - t < self.window_s]
+        recent.append(now)
+        self.deaths[name] = recent
+        return 0.0 if len(recent) == 1 else min(self.max_delay_s, 2.0 ** (len(recent) - 2))
+
+
+class JobQueue:
+    """The Redis of the ensemble's job queue, and the artifacts root the gateway and the
+    worker share.
+
+    Which Redis: the one given (``--redis-url``, else ``WORKER_REDIS_URL`` or
+    ``GATEWAY_REDIS_URL``), which must answer; else the default URL when a Redis answers
+    there; else a ``redis-server`` child on a free port whose append-only file lives under
+    ``<artifacts>/_redis`` (so a restart of it, by ``up`` or by hand, keeps every job).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        artifacts_dir: Path,
+        *,
+        origin: str,
+        server_command: list[str] | None = None,
+        data_dir: Path | None = None,
+    ) -> None:
+        self.url = url
+        self.artifacts_dir = artifacts_dir
+        self.origin = origin
+        self.server_command = server_command
+        self.data_dir = data_dir
+
+    @classmethod
+    def choose(
+        cls, host: str, redis_url: str | None, start: bool, artifacts_dir: Path | None
+    ) -> JobQueue:
+        from shared.settings import default_cache_dir
+
+        root = artifacts_dir or next(
+            (Path(os.environ[v]) for v in ("WORKER_ARTIFACTS_DIR", "GATEWAY_ARTIFACTS_DIR")
+             if os.environ.get(v, "").strip()),
+            default_cache_dir() / "artifacts",
+        )  # fmt: skip
+        root = root.expanduser().resolve()
+        given = redis_url or configured_redis_url()
+        if not start and given:
+            if not redis_ping(given):
+                raise EnsembleError(
+                    f"the configured Redis ({_redacted(given)}) is not reachable: start it, "
+                    "or unset WORKER_REDIS_URL and --redis-url to let `up` start one"
+                )
+            return cls(given, root, origin="configured")
+        if not start and redis_ping(DEFAULT_REDIS_URL):
+            return cls(DEFAULT_REDIS_URL, root, origin="found on the default URL")
+        binary = find_redis_server()
+        if binary is None:
+            raise EnsembleError(REDIS_MISSING.format(url=DEFAULT_REDIS_URL))
+        data_dir = root / "_redis"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        port = free_port(host)
+        command = redis_server_command(port, data_dir, host=host, binary=binary)
+        return cls(
+            f"redis://{host}:{port}/0",
+            root,
+            origin="started by up",
+            server_command=command,
+            data_dir=data_dir,
+        )
+
+    def describe(self) -> str:
+        where = f" (append-only file in {self.data_dir})" if self.data_dir else ""
+        return f"{_redacted(self.url)}  {self.origin}{where}"
+
+    def gateway_env(self) -> dict[str, str]:
+        return {
+            "GATEWAY_REDIS_URL": self.url,
+            "GATEWAY_ARTIFACTS_DIR": str(self.artifacts_dir),
+            **{k.replace("WORKER_", "GATEWAY_"): v for k, v in self.data_dirs_env().items()},
+        }
+
+    @staticmethod
+    def data_dirs_env() -> dict[str, str]:
+        """``WORKER_DATA_DIRS`` for the worker when either service's variable is set (the
+        gateway checks inputs against the same roots the worker reads)."""
+        value = os.environ.get("WORKER_DATA_DIRS") or os.environ.get("GATEWAY_DATA_DIRS")
+        return {"WORKER_DATA_DIRS": value} if value else {}
+
+    def start_server(self, log_dir: Path) -> ServiceProcess:
+        assert self.server_command is not None
+        url = self.url
+        return start_process(
+            "redis", self.server_command, url, log_dir=log_dir, ready=lambda: redis_ping(url)
+        )
+
+    def wait_server(self, proc: ServiceProcess, timeout_s: float = 20.0) -> None:
+        """Block until the started Redis answers (the others connect to it at start-up)."""
+        deadline = time.monotonic() + timeout_s
+        while not redis_ping(self.url):
+            if not proc.alive() or time.monotonic() > deadline:
+                raise EnsembleError(f"redis-server did not start:\n{proc.log_tail()}")
+            time.sleep(0.1)
+
+    def jobs_kept(self) -> int | None:
+        """Jobs the Redis knows (after a restart: those its append-only file brought back)."""
+        import redis
+
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=1, socket_timeout=1)
+        try:
+            count: Any = client.zcard("rationalyst:jobs")
+            return int(count)
+        except (redis.RedisError, OSError):
+            return None
+        finally:
+            client.close()
+
+
+def _redacted(url: str) -> str:
+    from shared.jobs_store import redacted_url
+
+    return redacted_url(url)
+
+
+def supervise(
+    procs: list[ServiceProcess],
+    restartable: set[str],
+    queue: JobQueue | None,
+    console: Any,
+    restart: Callable[[ServiceProcess], ServiceProcess],
+    *,
+    poll_s: float = 0.5,
+) -> ServiceProcess:
+    """Watch the processes until one that may not be restarted exits (returned). The Redis
+    ``up`` started and the worker are restarted when they exit, at once the first time, then
+    with a growing delay; meanwhile the gateway's job API answers 503 naming Redis. ``console``
+    is a rich Console (``print(text, markup=..., style=...)``)."""
+    policy = RestartPolicy()
+    while True:
+        for i, p in enumerate(procs):
+            if p.alive():
+                continue
+            if p.name not in restartable:
+                return p
+            wait = policy.delay(p.name)
+            note = ""
+            if p.name == "redis":
+                note = (
+                    "; until it is back the job API answers 503 (Redis unreachable); job "
+                    "state is kept in its append-only file"
+                )
+            after = f" in {wait:.0f}s" if wait else ""
+            console.print(
+                f"{p.name} exited with code {p.popen.returncode}; restarting it{after}{note}",
+                markup=False,
+                style="yellow",
+            )
+            time.sleep(wait)
+            procs[i] = restart(p)
+            if p.name == "redis" and queue is not None:
+                try:
+                    queue.wait_server(procs[i])
+                except Exception as exc:  # it died again: the next round restarts it
+                    console.print(str(exc), markup=False, style="red")
+                    continue
+                kept = queue.jobs_kept()
+                console.print(
+                    f"redis is back at {_redacted(queue.url)}"
+                    + (f" with {kept} job(s)" if kept is not None else ""),
+                    markup=False,
+                    style="green",
+                )
+        time.sleep(poll_s)

@@ -12,7 +12,7 @@ from gateway import cli as gateway_cli
 from services.model_server.cli import models_app, serve_model
 from services.worker.cli import jobs_app, list_models, show_model, worker
 from services.worker.evaluation.cli import app as eval_app
-from services.worker.evaluation.cli import data_app
+from services.worker.evaluation.cli import data_app, pipeline
 
 app = typer.Typer(
     help="Rationale-guided reasoning: model services, gateway, jobs.",
@@ -22,6 +22,7 @@ app = typer.Typer(
 app.command("up")(gateway_cli.up)
 app.command("reason")(gateway_cli.reason)
 app.command("worker")(worker)
+app.command("pipeline")(pipeline)
 
 serve_app = typer.Typer(help="Start one service.", no_args_is_help=True)
 serve_app.command("model")(serve_model)
@@ -33,3 +34,6 @@ app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(eval_app, name="eval")
+
+if __name__ == "__main__":  # `python -m services.cli ...`, as the console script `rationalyst`
+    app(prog_name="rationalyst")

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from shared.prompts import RATIONALYST_SYSTEM_PROMPT
 from shared.schemas import NonEmptyStr, Strict
 
 JOB_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
@@ -169,33 +170,123 @@ class ExtractExample(Strict):
     output: NonEmptyStr = Field(description="The text copied verbatim with <BOT>...<EOT> inserted.")
 
 
+class ExtractMode(StrEnum):
+    """How the agent produces rationales."""
+
+    insert = "insert"
+    """The paper's: the agent copies the document with ``<BOT>rationale<EOT>`` inserted after
+    sentences; the copy must stay ``min_similarity`` close to the document. Needs a model that
+    can copy and mark up (large instruct models)."""
+    boundary = "boundary"
+    """The document is cut into sentences; at each chosen boundary the agent is asked for the
+    one thought that leads from the text so far to the next sentence. Any model can follow it:
+    the answer is the rationale of a (preceding, rationale, following) triple by construction."""
+    auto = "auto"
+    """Probe the agent once on a worked example of ``insert``: ``insert`` when it reproduces
+    the markup, ``boundary`` otherwise. The job's report says which was used and why."""
+
+
+class BoundarySelection(StrEnum):
+    """Which sentence boundaries of a document get a rationale, within the budget."""
+
+    loss = "loss"
+    """Ask where the scorer predicts the next sentence worst (highest loss without a
+    rationale): where a rationale has the most to explain. A boundary whose next sentence is
+    already predicted well could gain little, and the filter would drop it."""
+    first = "first"
+    """The first boundaries in document order (no scorer calls)."""
+
+
+class BoundaryExample(Strict):
+    """A worked example of the boundary prompt."""
+
+    preceding: NonEmptyStr = Field(description="The text so far.")
+    following: NonEmptyStr = Field(description="The next sentence.")
+    rationale: NonEmptyStr = Field(description="The thought that leads from one to the other.")
+
+
 class ExtractOptions(Strict):
+    mode: ExtractMode = Field(
+        default=ExtractMode.auto,
+        description="insert (the paper's rewrite with <BOT>...<EOT>), boundary (one question "
+        "per sentence boundary; any model) or auto (insert when a probe of the agent "
+        "reproduces the markup, else boundary).",
+    )
     min_similarity: float = Field(
         default=0.9,
         ge=0.0,
         le=1.0,
-        description="Keep an output whose text without rationales is at least this similar to "
-        "the input (1 - Levenshtein distance / longer length).",
+        description="insert: keep an output whose text without rationales is at least this "
+        "similar to the input (1 - Levenshtein distance / longer length).",
     )
     max_tokens: int = Field(
-        default=1024, ge=1, le=8192, description="Most tokens the agent may write per document."
+        default=1024,
+        ge=1,
+        le=8192,
+        description="insert: most tokens the agent may write per document.",
     )
     max_input_chars: int = Field(
         default=2000, ge=1, description="Longer documents are counted as dropped (too_long)."
     )
     system_prompt: str | None = Field(
-        default=None, description="Overrides the extraction system prompt."
+        default=None, description="insert: overrides the extraction system prompt."
     )
     few_shot: list[ExtractExample] | None = Field(
-        default=None, description="Overrides the built-in few-shot examples ([] for none)."
+        default=None,
+        description="insert: overrides the built-in few-shot examples ([] for none); the "
+        "first is also the example auto mode probes with.",
+    )
+    max_boundaries_per_doc: int = Field(
+        default=6,
+        ge=1,
+        le=256,
+        description="boundary: most boundaries of one document the agent is asked about.",
+    )
+    boundary_selection: BoundarySelection = Field(
+        default=BoundarySelection.loss,
+        description="boundary: which boundaries fill the budget: loss (where the scorer "
+        "predicts the next sentence worst; costs one small /v1/score call per boundary) or "
+        "first (document order).",
+    )
+    min_following_loss: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="boundary, selection loss: skip boundaries whose next sentence the scorer "
+        "already predicts with at most this mean loss per token (nats) without a rationale.",
+    )
+    boundary_max_tokens: int = Field(
+        default=64, ge=1, le=1024, description="boundary: most tokens of one rationale."
+    )
+    max_repeat_similarity: float = Field(
+        default=0.8,
+        gt=0.0,
+        le=1.0,
+        description="boundary: an answer that contains the next sentence or a sentence of the "
+        "text so far, is at least this similar to one (Levenshtein; case and end punctuation "
+        "ignored) or holds this share of its content words repeats the text and is dropped, "
+        "never a triple.",
+    )
+    boundary_system_prompt: str | None = Field(
+        default=None, description="boundary: overrides the boundary prompt's system message."
+    )
+    boundary_examples: list[BoundaryExample] | None = Field(
+        default=None,
+        description="boundary: overrides the built-in worked examples ([] for none).",
+    )
+    scoring_system_prompt: str | None = Field(
+        default=None,
+        description="boundary, selection loss: system message of the scorer's context "
+        "(default: the filter's).",
     )
 
 
 DEFAULT_SCORING_SYSTEM_PROMPT = (
-    "Continue the text. The user message holds the preceding text; it may end with a "
-    "rationale between <BOT> and <EOT>, a hidden thought that guides what comes next. Write "
-    "the text that follows, consistent with the preceding text and the rationale."
+    "Continue the text. The user message holds the preceding text. Your reply may open with a "
+    "rationale between <BOT> and <EOT>, a hidden thought that guides what comes next; then "
+    "write the text that follows, consistent with the preceding text and the rationale."
 )
+"""System message of the filter's scores (and of the boundary selection's): the rationale,
+when there is one, opens the assistant turn, before the following text it should predict."""
 
 
 class FilterOptions(Strict):
@@ -218,7 +309,10 @@ class FilterOptions(Strict):
 
 class SftOptions(Strict):
     system_prompt: str | None = Field(
-        default=None, description="An optional system message opening every chat row."
+        default=RATIONALYST_SYSTEM_PROMPT,
+        description="System message opening every chat row: by default the one the "
+        "rationalyst role serves with, so the trained model is asked as it was trained "
+        "(null or '' for none).",
     )
 
 
@@ -644,6 +738,13 @@ class StageStatus(Strict):
     busy_s: float = Field(default=0.0, description="Summed wall time of its finished shards.")
     shards_running: int = 0
     training: TrainingProgress | None = Field(default=None, description="Training stages only.")
+    report: dict[str, Any] | None = Field(
+        default=None,
+        description="Once the stage is done: why records were dropped and what the stage "
+        "found (extract: the mode used and the probe that chose it, boundaries asked and "
+        "skipped, rationales dropped by reason, warnings; filter: splits and score "
+        "differences). The full summary is the stage's summary.json artifact.",
+    )
 
 
 class Timings(Strict):

@@ -628,6 +628,7 @@ class JobStore:
                     busy_s=_num(raw.get(p + "busy_s"), float) or 0.0,
                     shards_running=sum(1 for key in running if key.startswith(f"{k}:")),
                     training=_training(raw.get(p + "training")),
+                    report=_report(raw.get(p + "report")),
                 )
             )
         index = min(int(raw.get("stage_index", "0")), len(stages) - 1)
@@ -680,6 +681,16 @@ def _training(raw: str | None) -> TrainingProgress | None:
         return TrainingProgress.model_validate_json(raw)
     except ValidationError:
         return None
+
+
+def _report(raw: str | None) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _decode(raw: Mapping[Any, Any]) -> dict[str, str]:

@@ -10,7 +10,14 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 
 NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
 """A string that must contain at least one character (whitespace counts)."""
@@ -136,6 +143,13 @@ class ScoreRequest(Strict):
         description="Chat messages (the continuation is the next assistant turn) or raw text."
     )
     continuations: list[NonEmptyStr] = Field(min_length=1)
+    given: list[str] | None = Field(
+        default=None,
+        description="Text placed between the context and each continuation, one per "
+        "continuation ('' for none): conditioned on, never scored. So one request scores the "
+        "same continuation with and without a rationale (given: ['<BOT>r<EOT>\\n', '']), "
+        "both sharing the context's tokens.",
+    )
     decay: float = Field(default=1.0, gt=0.0, le=1.0, description="w_i = decay**i.")
     aggregate: Aggregate = Field(default=Aggregate.mean, description="Which value is `score`.")
     return_tokens: bool = Field(default=True, description="Include per-token logprobs.")
@@ -146,6 +160,21 @@ class ScoreRequest(Strict):
         if isinstance(v, list) and not v:
             raise ValueError("context must hold at least one message")
         return v
+
+    @field_validator("given")
+    @classmethod
+    def _given_per_continuation(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        continuations = info.data.get("continuations")
+        if v is not None and continuations is not None and len(v) != len(continuations):
+            raise ValueError(
+                f"given holds {len(v)} texts for {len(continuations)} continuations; give one "
+                "per continuation"
+            )
+        return v
+
+    def given_texts(self) -> list[str]:
+        """The text before each continuation ('' where none)."""
+        return list(self.given) if self.given is not None else [""] * len(self.continuations)
 
 
 class TokenLogprob(Strict):

@@ -183,9 +183,13 @@ class ModelService:
             prefix = prompts.chat_prompt(self.engine.tokenizer, req.context)
         # A causal model's log-probs of the continuation do not depend on what follows it,
         # so the continuation is scored as the text right after the generation prompt.
+        # ``given`` text (a rationale) conditions its continuation without being scored.
+        heads = [prefix + g for g in req.given_texts()]
         job = ScoreJob(
-            texts=[prefix + c for c in req.continuations],
-            spans=[(len(prefix), len(prefix) + len(c)) for c in req.continuations],
+            texts=[h + c for h, c in zip(heads, req.continuations, strict=True)],
+            spans=[
+                (len(h), len(h) + len(c)) for h, c in zip(heads, req.continuations, strict=True)
+            ],
         )
         start = time.perf_counter()
         windows, processed = await self._run(self.engine.score(job))

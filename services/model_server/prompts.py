@@ -7,14 +7,11 @@ from typing import Any
 
 from shared.answer_kinds import detect_answer_kind
 from shared.fewshot import default_demos
+from shared.prompts import RATIONALYST_SYSTEM_PROMPT
 from shared.schemas import ChatMessage, Demo, ProposeRequest, Role, Trajectory
 
 DEFAULT_SYSTEM_PROMPTS: dict[Role, str | None] = {
-    Role.rationalyst: (
-        "You read a question and the reasoning written so far, and state the implicit "
-        "rationale for the next step: the unstated thought that explains what should come "
-        "next. Reply with the rationale only, in one or two sentences."
-    ),
+    Role.rationalyst: RATIONALYST_SYSTEM_PROMPT,
     Role.agent: (
         "Solve the problem step by step. Write exactly one step in each reply. When you reach "
         "the result, end the step with 'The answer is: X'."

@@ -195,6 +195,27 @@ def _stage_line(stage: dict[str, Any]) -> tuple[int, int | None, str]:
     return int(p["records_done"]), p["records_total"], detail
 
 
+def _report_lines(stage: dict[str, Any]) -> list[str]:
+    """What a finished stage's report says that counts alone do not: the extraction mode and
+    its yield, records dropped by reason, warnings."""
+    report = stage.get("report") or {}
+    lines = []
+    if report.get("mode"):
+        how = " (chosen by auto)" if report.get("mode_requested") == "auto" else ""
+        b = report.get("boundary")
+        yield_ = ""
+        if b:
+            yield_ = (
+                f": {b['boundaries_asked']} of {b['boundaries']} boundaries asked, "
+                f"{b['triples']} triples, rationales dropped {b['rationales_dropped'] or {}}"
+            )
+        lines.append(f"mode {report['mode']}{how}{yield_}")
+    if report.get("drop_reasons"):
+        lines.append(f"dropped {report['drop_reasons']}")
+    lines += [f"warning: {w}" for w in report.get("warnings", [])]
+    return lines
+
+
 @jobs_app.command("watch")
 def watch(
     job_id: Annotated[str, typer.Argument(help="Job id.")],
@@ -233,6 +254,9 @@ def watch(
         console.print(f"[red]{status['error']}[/red]")
     for err in status.get("errors", [])[:5]:
         console.print(f"  {err['stage']} shard {err.get('shard')}: {err['type']}: {err['message']}")
+    for st in status["stages"]:
+        for line in _report_lines(st):
+            console.print(f"  {st['name']}: {line}", markup=False, soft_wrap=True)
     for art in status.get("artifacts", []):
         console.print(f"  {art['name']}  ({art['size']} bytes)")
     if status["state"] != "succeeded":

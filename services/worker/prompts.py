@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from shared.job_schemas import ExtractExample
+from shared.job_schemas import BoundaryExample, ExtractExample
 
 EXTRACTION_SYSTEM_PROMPT = (
     "You copy a text exactly, word for word, and insert hidden rationales into it. A rationale "
@@ -69,4 +69,61 @@ def extraction_messages(
         messages.append({"role": "user", "content": ex.text})
         messages.append({"role": "assistant", "content": ex.output})
     messages.append({"role": "user", "content": text})
+    return messages
+
+
+# --------------------------------------------------------------------------------------------
+# Boundary mode: one question per sentence boundary
+
+BOUNDARY_SYSTEM_PROMPT = (
+    "You find the hidden thought between two parts of a text. You are given the text so far "
+    "and the sentence that comes next. Write the one unstated thought that leads from the "
+    "text so far to the next sentence: the reason, plan or fact the writer had in mind. "
+    "Write one short sentence. Do not copy the next sentence or the text so far."
+)
+
+BOUNDARY_EXAMPLES: tuple[BoundaryExample, ...] = (
+    BoundaryExample(
+        preceding=(
+            "Lena buys 3 packs of pencils with 12 pencils in each pack. She gives 9 pencils "
+            "to her brother."
+        ),
+        following="3 x 12 = 36 pencils.",
+        rationale="To know how many she has left, first count all the pencils she bought.",
+    ),
+    BoundaryExample(
+        preceding="Question: Can a cat swim across the English Channel?",
+        following="Answer: The English Channel is about 33 km wide at its narrowest.",
+        rationale="Whether a cat could do it depends on how far it would have to swim.",
+    ),
+    BoundaryExample(
+        preceding="Milk spoils quickly when it is warm.",
+        following="The refrigerator keeps food cold.",
+        rationale="Keeping milk fresh needs a place that is cold.",
+    ),
+)
+"""Worked examples: a plan, a strategy and a fact, none of which repeats either side."""
+
+
+def boundary_user_message(preceding: str, following: str) -> str:
+    """The question at one boundary."""
+    return f"Text so far: {preceding.strip()}\nNext sentence: {following.strip()}\nHidden thought:"
+
+
+def boundary_messages(
+    preceding: str,
+    following: str,
+    *,
+    system: str | None = None,
+    examples: list[BoundaryExample] | None = None,
+) -> list[dict[str, str]]:
+    """The chat sent to the agent's /v1/chat/completions for one boundary. The messages of
+    one document's boundaries share the system prompt, the examples and the text so far, so
+    the model service's prefix cache computes those once."""
+    messages = [{"role": "system", "content": system or BOUNDARY_SYSTEM_PROMPT}]
+    for ex in BOUNDARY_EXAMPLES if examples is None else examples:
+        question = boundary_user_message(ex.preceding, ex.following)
+        messages.append({"role": "user", "content": question})
+        messages.append({"role": "assistant", "content": ex.rationale})
+    messages.append({"role": "user", "content": boundary_user_message(preceding, following)})
     return messages

@@ -382,9 +382,13 @@ class JobRunner:
             **extra,
         }
         await asyncio.to_thread(write_json, paths.summary, summary)
-        await asyncio.to_thread(
-            write_json, paths.done, {"finished_at": time.time(), "counts": counts, "shards": n}
-        )
+        done = {
+            "finished_at": time.time(),
+            "counts": counts,
+            "shards": n,
+            "report": stage.report(summary),
+        }
+        await asyncio.to_thread(write_json, paths.done, done)
         await asyncio.to_thread(remove_temporaries, paths.root)
         await asyncio.to_thread(remove_temporaries, paths.shards)
         logger.info("job %s stage %s finished: %s", job_id, kind.value, counts)
@@ -409,6 +413,7 @@ class JobRunner:
                 p + "records_done": counts.get("records", 0),
                 **{p + key: counts.get(key, 0) for key in ("in", "kept", "dropped", "failed")},
                 p + "out": counts.get("out", 0),
+                p + "report": json.dumps(done.get("report", {}), separators=(",", ":")),
             },
         )
         if k + 1 < len(kinds):

@@ -55,6 +55,13 @@ class WorkerSettings(CommonSettings, JobStoreSettings):
         description="A training run (the one shard of a train_rationalyst job) running longer "
         "than this is cancelled.",
     )
+    train_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU threads of a training run (its child process: torch's and the BLAS "
+        "pools). Default: what the worker's environment says (OMP_NUM_THREADS), else every "
+        "core; `rationalyst up` gives the worker 1 thread and its training runs all cores.",
+    )
     lease_s: float = Field(
         default=30.0,
         ge=0,

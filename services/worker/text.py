@@ -1,5 +1,6 @@
-"""Text utilities of the pipeline: prefilter normalization, rationale markup, similarity, and
-the triples of an extraction.
+"""Text utilities of the pipeline: prefilter normalization, rationale markup, similarity, the
+triples of an extraction, and the sentence boundaries of boundary mode (cut by the project's
+one splitter, :mod:`shared.sentences`).
 
 An extraction is the agent's copy of a document with ``<BOT>rationale<EOT>`` inserted. The
 copy may differ slightly from the document (the model is not a perfect copier); triples are
@@ -16,6 +17,8 @@ import string
 from dataclasses import dataclass
 
 from rapidfuzz.distance import Levenshtein
+
+from shared.sentences import sentence_spans
 
 BOT, EOT = "<BOT>", "<EOT>"
 
@@ -139,3 +142,75 @@ def triples(original: str, markup: Markup) -> list[Triple]:
         if preceding.strip() and rationale.strip() and following.strip():
             out.append(Triple(preceding, rationale.strip(), following, start, end))
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Boundary mode: sentences, boundaries, and the agent's answer at one boundary
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """The place before sentence ``index`` + 1 of a document: ``text[:start]`` is the text so
+    far, ``text[start:end]`` the next sentence."""
+
+    index: int
+    """0 for the boundary after the first sentence."""
+    start: int
+    end: int
+
+
+def boundaries(text: str) -> list[Boundary]:
+    """Every sentence boundary of ``text`` (none for a text of one sentence), cut by the
+    project's one splitter (:mod:`shared.sentences`)."""
+    spans = sentence_spans(text)
+    return [Boundary(i, a, b) for i, (a, b) in enumerate(spans[1:])]
+
+
+_LABEL = re.compile(r"^\s*(?:hidden thought|thought|rationale|reason|answer)\s*:\s*", re.IGNORECASE)
+_QUOTES = "\"'“”‘’"
+
+
+def clean_rationale(answer: str, *, truncated: bool = False) -> str:
+    """The rationale in an agent's answer at a boundary: its first paragraph, without a label
+    (``Thought:``), markers or wrapping quotes; when generation was cut off (``truncated``), the
+    unfinished last sentence is dropped if a finished one comes before it."""
+    text = answer.replace(BOT, " ").replace(EOT, " ").strip()
+    text = re.split(r"\n\s*\n|\n", text, maxsplit=1)[0].strip() if text else ""
+    text = _LABEL.sub("", text).strip()
+    if len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
+        text = text[1:-1].strip()
+    if truncated and text and text[-1] not in ".!?":
+        spans = sentence_spans(text)
+        if len(spans) > 1:
+            text = text[: spans[-2][1]]
+    return " ".join(text.split())
+
+
+def _comparable(text: str) -> str:
+    return " ".join(text.lower().split()).strip(" .!?;:,\"'")
+
+
+MIN_CONTENT_WORDS = 3
+"""A sentence needs this many content words before word overlap can call an answer a repeat
+of it (two shared words say little)."""
+
+
+def content_recall(answer: str, sentence: str) -> float:
+    """The share of ``sentence``'s content words (:func:`normalize`: no case, punctuation or
+    stopwords) that ``answer`` contains; 0 for a sentence without them."""
+    words = set(normalize(sentence).split())
+    return len(words & set(normalize(answer).split())) / len(words) if words else 0.0
+
+
+def repeats(answer: str, sentence: str, *, max_similarity: float) -> bool:
+    """Whether ``answer`` repeats ``sentence``: contains it, is at least ``max_similarity``
+    similar to it (Levenshtein; case, spacing and end punctuation ignored), or holds at least
+    that share of its content words (a restatement in another order: "If you drop out, you
+    cannot earn a degree" for "You cannot earn a degree if you drop out")."""
+    a, s = _comparable(answer), _comparable(sentence)
+    if not a or not s:
+        return False
+    if s in a or similarity(a, s) >= max_similarity:
+        return True
+    enough = len(set(normalize(sentence).split())) >= MIN_CONTENT_WORDS
+    return enough and content_recall(answer, sentence) >= max_similarity

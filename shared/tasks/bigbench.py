@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.schemas import Demo
+from shared.sentences import split_sentences
 from shared.tasks import word_sorting
 from shared.tasks.base import AnswerKind, TaskItem, demo_from_steps
 from shared.tasks.data import task_file
@@ -104,14 +105,6 @@ def _boolean_item(
         kind=AnswerKind.boolean,
         meta=meta,
     )
-
-
-_SENTENCE_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences of an explanation (split after ``.!?`` before a capital or a digit)."""
-    return [s.strip() for s in _SENTENCE_RE.split(text.strip()) if s.strip()]
 
 
 def strategyqa_rationale(target: str, gold: str) -> list[str] | None:

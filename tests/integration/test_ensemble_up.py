@@ -1,6 +1,7 @@
 """`rationalyst up` as a user starts it, on the embedded model over real HTTP: the threads it
-gives each model service, and work nobody waits for being stopped (a client that goes away, a
-cancel from another connection)."""
+gives each model service, work nobody waits for being stopped (a client that goes away, a
+cancel from another connection), and the job queue it brings along (a worker and a Redis of its
+own, restarted with its jobs when it dies)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import httpx
 import pytest
 
 from gateway.ensemble import ROLE_WEIGHTS, ROLES, available_cores, free_port, thread_budget
+from tests.integration.worker_fixtures import REDIS_SERVER, TERMINAL
 
 pytestmark = pytest.mark.integration
 
@@ -51,9 +53,13 @@ def metric(text: str, name: str, **labels: str) -> float:
 def ensemble(
     model_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, str]]:
+    if not Path(REDIS_SERVER).exists():
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
     ports = {name: free_port() for name in ("gateway", *ROLES)}
     logs = tmp_path_factory.mktemp("up-logs")
+    artifacts = tmp_path_factory.mktemp("up-artifacts")
     env = {k: v for k, v in os.environ.items() if k != "MODEL_SERVER_THREADS"}
+    env["PYTHONUNBUFFERED"] = "1"  # its report is read from the file as it is written
     cmd = [
         str(Path(sys.executable).with_name("rationalyst")),
         "up",
@@ -64,20 +70,23 @@ def ensemble(
         "--port",
         str(ports["gateway"]),
         *(arg for role in ROLES for arg in (f"--{role}-port", str(ports[role]))),
+        "--start-redis",  # its own, never a Redis that happens to answer on :6379
+        "--artifacts-dir",
+        str(artifacts),
     ]
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    output = logs / "up.out"
+    with output.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    urls["output"] = str(output)
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             assert proc.poll() is None, f"rationalyst up exited: {proc.returncode} (logs {logs})"
-            try:
-                if httpx.get(f"{urls['gateway']}/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
+            if "all ready" in output.read_text(errors="replace"):  # the worker too
+                break
             assert time.monotonic() < deadline, f"the ensemble was not ready (logs {logs})"
             time.sleep(1)
         yield urls
@@ -186,3 +195,84 @@ def test_cancel_endpoint_stops_a_streaming_search(ensemble: dict[str, str]) -> N
         pytest.fail("every search answered before it could be cancelled")
     unknown = httpx.post(f"{gateway}/v1/reason/no-such-search/cancel", timeout=10)
     assert unknown.status_code == 404
+
+
+SAMPLE_ROWS = Path(__file__).resolve().parents[2] / "services/worker/sample_corpus/rationales.jsonl"
+
+
+def submit_and_wait(gateway: str, spec: dict[str, Any], timeout_s: float = 300) -> dict[str, Any]:
+    r = httpx.post(f"{gateway}/v1/jobs", json=spec, timeout=30)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = httpx.get(f"{gateway}/v1/jobs/{job_id}", timeout=30).json()
+        if status["state"] in TERMINAL:
+            return dict(status)
+        assert time.monotonic() < deadline, status
+        time.sleep(0.5)
+
+
+def up_output(ensemble: dict[str, str]) -> str:
+    return Path(ensemble["output"]).read_text(errors="replace")
+
+
+def test_up_runs_a_worker_so_a_submitted_job_completes(ensemble: dict[str, str]) -> None:
+    out = " ".join(up_output(ensemble).split())
+    assert "started by up" in out and "append-only file" in out
+    status = submit_and_wait(
+        ensemble["gateway"],
+        {"kind": "sft_data", "input": {"paths": [str(SAMPLE_ROWS)]}, "limit": 20},
+    )
+    assert status["state"] == "succeeded", status
+    (stage,) = status["stages"]
+    assert stage["counts"]["records_kept"] == 20
+    assert stage["report"] == {"drop_reasons": {}}
+
+
+def redis_of(ensemble: dict[str, str]) -> str:
+    match = re.search(r"redis://127\.0\.0\.1:\d+/0", up_output(ensemble))
+    assert match, up_output(ensemble)
+    return match.group(0)
+
+
+def redis_pid(url: str) -> int:
+    import redis
+
+    info: Any = redis.Redis.from_url(url, socket_timeout=2).info("server")
+    return int(info["process_id"])
+
+
+def test_up_restarts_its_redis_and_no_job_is_lost(ensemble: dict[str, str]) -> None:
+    gateway = ensemble["gateway"]
+    before = submit_and_wait(
+        gateway, {"kind": "sft_data", "input": {"paths": [str(SAMPLE_ROWS)]}, "limit": 5}
+    )
+    assert before["state"] == "succeeded"
+    url = redis_of(ensemble)
+    pid = redis_pid(url)
+    os.kill(pid, signal.SIGKILL)
+    # until `up` has it back, the job API says which dependency is down
+    seen: list[tuple[int, str]] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{gateway}/v1/jobs/{before['id']}", timeout=30)
+        seen.append((r.status_code, r.text))
+        if r.status_code == 200:
+            break
+        time.sleep(0.02)
+    assert seen[-1][0] == 200, seen[-5:]
+    assert all(code in (200, 503) for code, _ in seen), seen
+    unavailable = [text for code, text in seen if code == 503]
+    assert unavailable, "the job API never answered 503 while Redis was down"
+    assert "Redis" in json.loads(unavailable[0])["error"]["message"]
+    after = httpx.get(f"{gateway}/v1/jobs/{before['id']}", timeout=30).json()
+    assert after["state"] == "succeeded" and after["stages"] == before["stages"]
+    assert redis_pid(url) != pid
+    out = " ".join(up_output(ensemble).split())
+    assert "redis exited" in out and "restarting it" in out and "redis is back" in out
+    # the worker carries on (restarted by `up` if Redis took it down): a new job completes
+    again = submit_and_wait(
+        gateway, {"kind": "sft_data", "input": {"paths": [str(SAMPLE_ROWS)]}, "limit": 3}
+    )
+    assert again["state"] == "succeeded", again

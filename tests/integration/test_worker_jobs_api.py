@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from shared.prompts import RATIONALYST_SYSTEM_PROMPT
 from tests.integration.worker_fixtures import JobsEnv, jobs, jobs_env, redis_server  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -140,6 +141,7 @@ def test_worker_sft_job_artifacts_and_bad_records(jobs: JobsEnv, tmp_path: Path)
     dev = [json.loads(line) for line in jobs.artifact(job_id, "sft_data/dev.jsonl").splitlines()]
     assert len(train) == 8 and len(dev) == 1
     assert dev[0]["messages"] == [
+        {"role": "system", "content": RATIONALYST_SYSTEM_PROMPT},  # what the role serves with
         {"role": "user", "content": "Before 0."},
         {"role": "assistant", "content": "Why 0."},
     ]
@@ -192,7 +194,7 @@ def test_worker_job_reads_an_uploaded_file_by_id(jobs: JobsEnv, tmp_path: Path) 
     assert status["state"] == "succeeded", status
     assert status["stages"][0]["counts"]["records_kept"] == 3
     train = jobs.artifact(job_id, "sft_data/train.jsonl").splitlines()
-    assert len(train) == 2 and json.loads(train[0])["messages"][0]["content"] == "Before 1."
+    assert len(train) == 2 and json.loads(train[0])["messages"][1]["content"] == "Before 1."
     # once deleted, a job naming it is refused at submit
     assert jobs.http.delete(f"/v1/files/{file_id}").status_code == 200
     r = jobs.http.post("/v1/jobs", json={"kind": "sft_data", "input": {"file_id": file_id}})

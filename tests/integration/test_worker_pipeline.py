@@ -14,13 +14,16 @@ from typing import Any
 
 import pytest
 
+from services.model_server.prompts import system_prompt
 from services.worker.prompts import EXTRACTION_EXAMPLES
-from services.worker.stages.filter import score_requests
+from services.worker.stages.filter import score_request
 from services.worker.text import parse_markup, similarity
 from shared.clients import ModelServiceClient
 from shared.job_schemas import FilterOptions
+from shared.schemas import Role
 from tests.integration.worker_fixtures import (  # noqa: F401
     SAMPLE_CORPUS,
+    SHIPPED_CORPUS,
     JobsEnv,
     jobs,
     jobs_env,
@@ -113,6 +116,7 @@ def test_worker_extract_triples_are_consistent_with_the_input(
     job_id = jobs.submit(
         {
             "kind": "extract",
+            "mode": "insert",
             "input": {"paths": [str(path)]},
             "shard_size": 2,
             "max_tokens": 140,
@@ -179,20 +183,41 @@ def test_worker_filter_scores_equal_direct_score_calls(
     diffs = [r["diff"] for r in rows]
     assert diffs == sorted(diffs, reverse=True)
 
-    async def direct(row: dict[str, Any]) -> tuple[float, float]:
+    async def direct(row: dict[str, Any]) -> tuple[float, float, float, float]:
+        """S_with and S_without from the filter's one request sent directly, and from two
+        separate requests without the ``given`` form (the rationale's text opening the
+        assistant turn, scored apart from ``following``)."""
         c = ModelServiceClient("scorer", model_services["scorer"], timeout=600)
+        one = score_request(row, FilterOptions())
+        assert one.given is not None
+        with_req = one.model_copy(
+            update={"given": None, "continuations": [one.given[0] + one.continuations[0]],
+                    "return_tokens": True}
+        )  # fmt: skip
+        without_req = one.model_copy(update={"given": None, "continuations": [row["following"]]})
         try:
-            with_req, without_req = score_requests(row, FilterOptions())
-            a, b = await asyncio.gather(c.score(with_req), c.score(without_req))
+            both, a, b = await asyncio.gather(c.score(one), c.score(with_req), c.score(without_req))
         finally:
             await c.aclose()
-        return a.scores[0].decayed_sum, b.scores[0].decayed_sum
+        # the tokens of `following` are the last num_tokens of the with-rationale text
+        n = b.scores[0].num_tokens
+        assert both.scores[0].num_tokens == n
+        assert a.scores[0].tokens is not None
+        lps = [t.logprob for t in a.scores[0].tokens][-n:]
+        s_with = sum(0.9**i * lp for i, lp in enumerate(lps))
+        return (
+            both.scores[0].decayed_sum, both.scores[1].decayed_sum, s_with,
+            b.scores[0].decayed_sum,
+        )  # fmt: skip
 
     for row in rows:
-        s_with, s_without = asyncio.run(direct(by_id[row["id"]]))
+        s_with, s_without, apart_with, apart_without = asyncio.run(direct(by_id[row["id"]]))
         assert row["s_with"] == pytest.approx(s_with, abs=1e-4)
         assert row["s_without"] == pytest.approx(s_without, abs=1e-4)
         assert row["diff"] == pytest.approx(s_with - s_without, abs=2e-4)
+        # the same quantities as separate passes, up to bf16 noise of a differently packed pass
+        assert s_with == pytest.approx(apart_with, rel=0.03, abs=0.05)
+        assert s_without == pytest.approx(apart_without, rel=0.03, abs=0.05)
     train = lines(jobs.artifact(job_id, "filter/train.jsonl"))
     dev = lines(jobs.artifact(job_id, "filter/dev.jsonl"))
     assert len(dev) == 1 and len(train) == len(rows) - 1
@@ -231,4 +256,49 @@ def test_worker_rationale_pipeline_chains_four_stages(
     dev = lines(jobs.artifact(job_id, "sft_data/dev.jsonl"))
     assert len(train) + len(dev) == sft["counts"]["records_kept"]
     for row in train + dev:
-        assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
+        assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]
+
+
+def test_worker_boundary_pipeline_on_the_shipped_corpus_makes_training_rows(
+    jobs: JobsEnv,  # noqa: F811
+    model_services: dict[str, str],
+) -> None:
+    """The chain that insert mode breaks on the embedded model: boundary extraction on 10
+    documents of the shipped corpus gives kept triples and SFT rows that open with the
+    rationalyst's serving prompt."""
+    jobs.start_worker(agent_url=model_services["agent"], scorer_url=model_services["scorer"])
+    job_id = jobs.submit(
+        {
+            "kind": "rationale_pipeline",
+            "input": {"paths": [str(SHIPPED_CORPUS)]},
+            "limit": 10,
+            "shard_size": 5,
+            "extract": {"mode": "boundary", "max_boundaries_per_doc": 3},
+        }
+    )
+    status = jobs.wait(job_id)
+    assert status["state"] == "succeeded", status
+    prefilter, extract, filter_, sft = status["stages"]
+    for stage in status["stages"]:
+        check_counts(stage)
+    assert prefilter["counts"]["records_in"] == 10
+    report = extract["report"]
+    assert report["mode"] == "boundary"
+    b = report["boundary"]
+    assert b["documents"] == extract["counts"]["records_in"] - extract["counts"]["records_failed"]
+    assert 0 < b["boundaries_asked"] <= 3 * b["documents"]
+    dropped = sum(b["rationales_dropped"].values())
+    assert b["triples"] == extract["counts"]["records_out"] == b["boundaries_asked"] - dropped
+    assert filter_["counts"]["records_kept"] > 0, (extract, filter_)
+    assert sft["counts"]["records_kept"] == filter_["counts"]["records_kept"]
+    texts = {d["id"]: d["text"] for d in map(json.loads, SHIPPED_CORPUS.read_text().splitlines())}
+    for t in lines(jobs.artifact(job_id, "extract/output.jsonl")):
+        assert texts[t["doc_id"]].startswith(t["preceding"] + t["following"])
+        assert t["rationale"].strip() and t["following"].strip() not in t["rationale"]
+    rows = lines(jobs.artifact(job_id, "sft_data/train.jsonl"))
+    rows += lines(jobs.artifact(job_id, "sft_data/dev.jsonl"))
+    assert rows
+    for row in rows:
+        system, user, assistant = row["messages"]
+        assert system == {"role": "system", "content": system_prompt(Role.rationalyst, None)}
+        assert user["content"].startswith("Question: ") and assistant["content"]

@@ -28,6 +28,7 @@ from gateway.ensemble import PROJECT_ROOT, child_env, free_port
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 SAMPLE_CORPUS = PROJECT_ROOT / "services" / "worker" / "sample_corpus" / "corpus.jsonl"
+SHIPPED_CORPUS = PROJECT_ROOT / "services" / "worker" / "sample_corpus" / "strategyqa.jsonl"
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 

@@ -43,6 +43,7 @@ async def test_propose_returns_n_candidates(fake_engine, asgi_client) -> None:
         ("/v1/score", {"context": "a", "continuations": [""]}, "continuations[0]"),
         ("/v1/score", {"context": [], "continuations": ["b"]}, "context"),
         ("/v1/score", {"context": "a", "continuations": ["b"], "decay": 0}, "decay"),
+        ("/v1/score", {"context": "a", "continuations": ["b", "c"], "given": ["x"]}, "given"),
         ("/v1/completions", {"prompt": "a", "max_tokens": 0}, "max_tokens"),
         ("/v1/completions", {"prompt": ""}, "prompt"),
         ("/v1/completions", {"prompt": [10**9]}, "prompt"),  # outside the vocabulary
@@ -187,6 +188,24 @@ async def test_score_aggregates_and_chat_context(fake_engine, asgi_client) -> No
         assert s["decayed_sum"] == pytest.approx(sum(0.9**i * lp for i, lp in enumerate(lps)))
         assert s["mean"] == pytest.approx(sum(lps) / len(lps))
     assert "".join(t["token"] for t in r.json()["scores"][0]["tokens"]) == "It is 4."
+
+
+async def test_score_given_text_conditions_without_being_scored(fake_engine, asgi_client) -> None:
+    body = {
+        "context": [{"role": "user", "content": "Tom has 3 apples."}],
+        "continuations": ["He has 8.", "He has 8."],
+        "given": ["<BOT>Add the 5 he buys.<EOT>\n", ""],
+    }
+    async with asgi_client(create_app(settings(), engine=fake_engine)) as client:
+        r = await client.post("/v1/score", json=body)
+    assert r.status_code == 200, r.text
+    (_, job) = fake_engine.calls[-1]
+    assert job.texts[0].endswith("assistant\n<BOT>Add the 5 he buys.<EOT>\nHe has 8.")
+    assert job.texts[1].endswith("assistant\nHe has 8.")
+    assert [job.texts[i][a:b] for i, (a, b) in enumerate(job.spans)] == ["He has 8."] * 2
+    with_r, without = r.json()["scores"]
+    assert [t["token"] for t in with_r["tokens"]] == [t["token"] for t in without["tokens"]]
+    assert "".join(t["token"] for t in with_r["tokens"]) == "He has 8."
 
 
 def test_aggregate_formulas() -> None:

@@ -86,7 +86,7 @@ async def test_worker_extract_counts_every_record() -> None:
             )
         return chat_reply(text)  # a verbatim copy without rationales
 
-    stage = build_stage(spec("extract"), JobKind.extract)
+    stage = build_stage(spec("extract", mode="insert"), JobKind.extract)
     rt = runtime(agent=client("agent", agent))
     recs = records(
         {"id": "d1", "text": DOC, "source": "web"},
@@ -114,7 +114,7 @@ async def test_worker_model_service_down_aborts_the_shard() -> None:
     def agent(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused")
 
-    stage = build_stage(spec("extract"), JobKind.extract)
+    stage = build_stage(spec("extract", mode="insert"), JobKind.extract)
     rt = runtime(agent=ModelServiceClient("agent", "http://fake", connect_retries=0,
                                           transport=httpx.MockTransport(agent)))  # fmt: skip
     with pytest.raises(ServiceUnavailable, match="agent is unreachable"):
@@ -122,7 +122,7 @@ async def test_worker_model_service_down_aborts_the_shard() -> None:
 
 
 async def test_worker_cancelled_job_stops_the_shard() -> None:
-    stage = build_stage(spec("extract"), JobKind.extract)
+    stage = build_stage(spec("extract", mode="insert"), JobKind.extract)
     rt = runtime(agent=client("agent", lambda r: chat_reply(MARKED)))
     with pytest.raises(JobStopped):
         await stage.process(records({"text": DOC}), context(rt, active=False))
@@ -130,11 +130,16 @@ async def test_worker_cancelled_job_stops_the_shard() -> None:
 
 def score_reply(request: httpx.Request) -> httpx.Response:
     body = json.loads(request.content)
-    user = body["context"][-1]["content"]
+    # one request per triple: the continuation with the rationale given, then without it
+    assert len(body["continuations"]) == 2 and body["given"][1] == ""
+    given = body["given"][0]
     # the rationale helps for triples whose rationale says "helps"
-    s = -2.0 if "<BOT>helps" in user else -5.0 if "<BOT>" in user else -4.0
-    score = {"score": s, "sum": s, "mean": s, "decayed_sum": s, "decayed_mean": s, "num_tokens": 3}
-    return httpx.Response(200, json={"scores": [score], "prompt_tokens": 10})
+    s_with = -2.0 if given.startswith("<BOT>helps") else -5.0
+    scores = []
+    for s in (s_with, -4.0):
+        scores.append({"score": s, "sum": s, "mean": s, "decayed_sum": s, "decayed_mean": s,
+                       "num_tokens": 3})  # fmt: skip
+    return httpx.Response(200, json={"scores": scores, "prompt_tokens": 10})
 
 
 def triple(i: int, rationale: str, source: str = "web") -> dict[str, Any]:
@@ -159,6 +164,17 @@ async def test_worker_filter_keeps_helpful_rationales_sorted() -> None:
     (row,) = result.streams["output"]
     assert row["id"] == "t1" and row["diff"] == pytest.approx(2.0)
     assert row["s_with"] == -2.0 and row["s_without"] == -4.0
+
+
+def test_worker_filter_scores_both_in_one_request_sharing_the_context() -> None:
+    from services.worker.stages.filter import score_request
+    from shared.job_schemas import FilterOptions
+
+    req = score_request(triple(0, "Add them."), FilterOptions())
+    assert req.continuations == ["More 0.", "More 0."]
+    assert req.given == ["<BOT>Add them.<EOT>\n", ""]
+    assert [m.role for m in req.context] == ["system", "user"]  # type: ignore[union-attr]
+    assert req.context[-1].content == "Text 0."  # type: ignore[union-attr]
 
 
 def test_worker_filter_finish_merges_sorted_and_splits(tmp_path: Path) -> None:
@@ -243,3 +259,17 @@ async def test_worker_prefilter_keeps_close_documents(tmp_path: Path) -> None:
     write_json(paths.shard_done(0), result.to_json())
     summary = stage.finish(paths, 1, [result.to_json()])
     assert sum(summary["similarity_histogram"]["all"]) == 2
+
+
+async def test_worker_sft_rows_open_with_the_rationalyst_serving_prompt() -> None:
+    from services.model_server.prompts import system_prompt
+    from shared.schemas import Role
+
+    stage = build_stage(spec("sft_data"), JobKind.sft_data)
+    result = await stage.process(records(triple(0, "r0")), context(runtime()))
+    (row,) = result.streams["output"]
+    served = system_prompt(Role.rationalyst, None)
+    assert served and row["messages"][0] == {"role": "system", "content": served}
+    none = build_stage(spec("sft_data", system_prompt=None), JobKind.sft_data)
+    (bare,) = (await none.process(records(triple(0, "r0")), context(runtime()))).streams["output"]
+    assert [m["role"] for m in bare["messages"]] == ["user", "assistant"]

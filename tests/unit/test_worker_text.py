@@ -60,3 +60,18 @@ def test_worker_triples_drop_empty_fields() -> None:
     assert triples(DOC, parse_markup("<BOT>nothing before<EOT>" + DOC)) == []
     assert triples(DOC, parse_markup(DOC + " <BOT>nothing after<EOT>")) == []
     assert triples(DOC, parse_markup("Tom has 3 apples. <BOT> <EOT>He buys...")) == []
+
+
+def test_worker_repeats_catches_copies_and_reordered_restatements() -> None:
+    from services.worker.text import repeats
+
+    following = "You cannot earn an academic degree if you drop out of the program."
+    for answer in (
+        following.upper(),
+        f"So: {following}",
+        "If you drop out of the program, you cannot earn an academic degree.",
+    ):
+        assert repeats(answer, following, max_similarity=0.8), answer
+    assert not repeats("Finishing the program is what earns the degree.", following,
+                       max_similarity=0.8)  # fmt: skip
+    assert not repeats("Say yes.", "Yes, yes.", max_similarity=0.8)  # too few content words

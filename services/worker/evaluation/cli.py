@@ -1,7 +1,8 @@
-"""Commands: ``rationalyst eval run | select | compare | tasks`` and
-``rationalyst data pull | path``.
+"""Commands: ``rationalyst eval run | select | compare | tasks``, ``rationalyst data pull |
+path`` and ``rationalyst pipeline`` (corpus to compared model).
 
-``app`` (eval) and ``data_app`` (data) are mounted by the root CLI (:mod:`services.cli`).
+``app`` (eval), ``data_app`` (data) and ``pipeline`` are mounted by the root CLI
+(:mod:`services.cli`).
 Heavy imports happen inside the commands, so ``--help`` stays fast.
 """
 
@@ -18,6 +19,8 @@ from shared.gateway_schemas import Heuristic
 
 if TYPE_CHECKING:
     from services.worker.evaluation.compare import CompareResult
+
+SHIPPED_CORPUS = Path(__file__).resolve().parents[1] / "sample_corpus" / "strategyqa.jsonl"
 
 app = typer.Typer(
     help="Evaluate heuristics through the gateway: accuracy per task, step selection.",
@@ -457,3 +460,197 @@ def data_path(
     typer.echo(str(bigbench_dir(data_dir)))
     for rel in missing_files(data_dir):
         typer.echo(f"missing: {rel}", err=True)
+
+
+# --------------------------------------------------------------------------------------------
+# rationalyst pipeline
+
+
+def _settings_from(items: list[str]) -> dict[str, Any]:
+    from services.worker.cli import _set_path
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--set takes key=value, got {item!r}")
+        _set_path(out, key.strip(), value)
+    return out
+
+
+def _print_data(console: Any, state: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    data = state["data"]
+    table = Table(title=f"rationale_pipeline job {data['job']}", title_justify="left")
+    for col in ("stage", "in", "kept", "dropped", "failed", "out", "wall", "records/min"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for row in data["stages"]:
+        wall = "-" if row["wall_s"] is None else f"{row['wall_s']:.0f}s"
+        rate = "-" if row["per_min"] is None else f"{row['per_min']:.1f}"
+        table.add_row(
+            row["stage"], *(str(row[k]) for k in ("in", "kept", "dropped", "failed", "out")),
+            wall, rate,
+        )  # fmt: skip
+    console.print(table)
+    c = data["counts"]
+    mode = c["extract_mode"] or "?"
+    if c["extract_mode_requested"] == "auto":
+        mode += " (chosen by auto: the probe " + (
+            "reproduced the markup)" if mode == "insert" else "found no usable markup)"
+        )
+    rows = c["rows_by_split"] or {}
+    asked = "" if c["boundaries"] is None else (
+        f", {c['boundaries']} boundaries, {c['boundaries_asked']} asked"
+    )  # fmt: skip
+    console.print(
+        f"documents {c['documents']} -> prefilter kept {c['documents_prefiltered']} -> "
+        f"extract [{mode}]{asked} -> {c['triples']} triples -> filter kept {c['kept']} -> "
+        f"{c['rows']} SFT rows ({rows.get('train', '?')} train / {rows.get('dev', '?')} dev)",
+        markup=False,
+        soft_wrap=True,
+    )
+    if c["rationales_dropped"]:
+        console.print(f"rationales dropped: {c['rationales_dropped']}", markup=False)
+    for warning in c["warnings"]:
+        console.print(f"warning: {warning}", markup=False, style="yellow")
+
+
+def _print_train(console: Any, state: dict[str, Any]) -> None:
+    t = state["train"]
+    m = t.get("metrics", {})
+    rows = (t.get("data") or {}).get("train", {}).get("kept", "?")
+    before, after = m.get("eval_loss_before"), m.get("eval_loss")
+    loss = "" if after is None else (
+        f"; eval loss {before:.3f} -> {after:.3f}" if before is not None else f"; {after:.3f}"
+    )  # fmt: skip
+    console.print(
+        f"trained {t['model']} (job {t['job']}) on {rows} rows, "
+        f"{m.get('steps', '?')} steps{loss}; {t['path']}",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+def pipeline(
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input",
+            "-i",
+            help="Corpus files, folders or globs [default: the shipped "
+            "services/worker/sample_corpus/strategyqa.jsonl].",
+        ),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="pipeline.json and compare/ (a rerun resumes).")
+    ] = Path("runs/pipeline"),
+    limit: Annotated[int | None, typer.Option(help="Only the first N documents.")] = None,
+    extract_mode: Annotated[str, typer.Option(help="insert, boundary or auto.")] = "auto",
+    max_boundaries: Annotated[int, typer.Option(help="Boundaries asked per document.")] = 6,
+    tau: Annotated[float, typer.Option(help="Filter: keep when S_with - S_without >= tau.")] = 0.0,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="key=value for the rationale_pipeline job (repeatable)."),
+    ] = None,
+    train_steps: Annotated[int, typer.Option(help="Optimizer steps of the training.")] = 40,
+    train_set: Annotated[
+        list[str] | None,
+        typer.Option("--train-set", help="key=value for the train_rationalyst job."),
+    ] = None,
+    model_name: Annotated[
+        str | None, typer.Option(help="Registry name (default: rationalyst-<job id>).")
+    ] = None,
+    tasks: Annotated[
+        list[str] | None,
+        typer.Option("--tasks", "-t", help="Held-out tasks of the comparison."),
+    ] = None,
+    n: Annotated[int, typer.Option(help="Comparison items per task.")] = 50,
+    k: Annotated[int, typer.Option(help="Candidates per item, the gold one included.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of training and comparison.")] = 0,
+    gateway: Annotated[
+        str, typer.Option("--url", envvar="RATIONALYST_URL", help="Gateway of the ensemble.")
+    ] = "http://127.0.0.1:8100",
+    api_key: ApiKeyOpt = None,
+    agent_url: Annotated[str, typer.Option(help="The ensemble's agent.")] = (
+        "http://127.0.0.1:8102"
+    ),
+    scorer_url: Annotated[str, typer.Option(help="The ensemble's scorer.")] = (
+        "http://127.0.0.1:8103"
+    ),
+) -> None:
+    """Corpus to compared model: rationale_pipeline, train_rationalyst, eval compare.
+
+    Runs against a running ensemble (`rationalyst up`, as `make run` starts it) and prints the
+    counts at each stage, the training result and both accuracies with the paired difference.
+    """
+    from rich.console import Console
+
+    from services.worker.evaluation.pipeline import PipelineError, PipelineSpec, run_pipeline
+    from shared.errors import ServiceError
+    from shared.tasks import DataMissingError, UnknownTaskError
+
+    _logging()
+    console = Console()
+    extract = {"mode": extract_mode, "max_boundaries_per_doc": max_boundaries}
+    extra = _settings_from(set_ or [])
+    extract.update(extra.pop("extract", {}))
+    spec = PipelineSpec(
+        inputs=inputs or [str(SHIPPED_CORPUS)],
+        out_dir=out,
+        gateway=gateway,
+        api_key=api_key,
+        limit=limit,
+        extract=extract,
+        filter={"tau": tau, **extra.pop("filter", {})},
+        model_name=model_name,
+        train={"max_steps": train_steps, **_settings_from(train_set or [])},
+        compare_tasks=_split(tasks or ["multistep_arithmetic_seen"]),
+        compare_n=n,
+        compare_k=k,
+        seed=seed,
+        agent_url=agent_url,
+        scorer_url=scorer_url,
+    )
+    for key in ("shard_size",):
+        if key in extra:
+            setattr(spec, key, extra.pop(key))
+    if extra:
+        raise typer.BadParameter(f"--set: unknown keys {sorted(extra)}")
+    status = console.status("submitting...")
+
+    def on_status(step: str, job: dict[str, Any]) -> None:
+        st = next((s for s in job["stages"] if s["name"] == job.get("stage")), job["stages"][-1])
+        p, t = st["progress"], st.get("training")
+        where = (
+            f"step {t['step']}/{t['max_steps'] or '?'}" if t
+            else f"{p['records_done']}/{p['records_total'] or '?'} records"
+        )  # fmt: skip
+        status.update(f"{step} job {job['id']}: {st['name']} {where} [{job['state']}]")
+
+    def on_step(name: str, state: dict[str, Any]) -> None:
+        status.stop()
+        if name == "data":
+            _print_data(console, state)
+        elif name == "train":
+            _print_train(console, state)
+        status.start()
+        status.update("comparing trained vs base..." if name == "train" else "training...")
+
+    def progress(run: str) -> RichProgress:
+        status.stop()
+        return RichProgress(f"compare ({run})")
+
+    try:
+        with status:
+            result = run_pipeline(
+                spec, on_status=on_status, on_step=on_step, compare_progress=progress
+            )
+    except (PipelineError, DataMissingError, UnknownTaskError, ServiceError) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        typer.secho("interrupted (run again with the same --out to resume)", err=True)
+        raise typer.Exit(130) from None
+    _print_comparison(result.compare)
+    typer.echo(f"numbers: {out / 'pipeline.json'}; report: {result.compare.report_path}")

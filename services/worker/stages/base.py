@@ -218,6 +218,11 @@ class Stage(ABC):
             concat_streams(paths, n_shards, stream)
         return {}
 
+    def report(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """What the job's status shows of the stage's summary once it is done (kept small: it
+        travels with every status): why records were dropped, and the stage's own findings."""
+        return {"drop_reasons": summary.get("drop_reasons", {})}
+
 
 def read_rows(path: Any) -> list[dict[str, Any]]:
     return list(iter_jsonl(path))

@@ -1,21 +1,26 @@
 """Filter: keep the rationales that make the following text more likely (REFERENCE.md 1.2).
 
 For each triple the scorer's /v1/score gives the decayed sum of the log-probabilities of the
-tokens of ``following`` (w_i = decay**i), once with the rationale and once without:
+tokens of ``following`` (w_i = decay**i), once with the rationale and once without, in ONE
+request:
 
-    S_with    = [system, user: preceding + " <BOT>" + rationale + "<EOT>"] -> following
-    S_without = [system, user: preceding]                                  -> following
+    context        [system, user: preceding]            (the assistant turn follows)
+    continuations  [following, following]
+    given          ["<BOT>" + rationale + "<EOT>\\n", ""]  (conditioned on, never scored)
 
-(``following`` is the assistant turn). Keep when S_with - S_without >= tau (per-source
-overrides). /v1/score takes one context and many continuations, and the two contexts differ
-per triple, so the worker batches by running many score requests concurrently (bounded by
-``WORKER_REQUEST_CONCURRENCY``). Each shard's rows are sorted by the difference; the stage
-merges them (a k-way merge, streamed) and splits train/dev by a seeded draw.
+so S_with = log P(following | preceding, rationale) and S_without = log P(following |
+preceding), both counting exactly the tokens of ``following``. The rationale opens the
+assistant turn (as in the agent's explicit-supervision prompt) rather than closing the user
+turn as in the original code: that way both texts share every token up to the rationale, the
+model service computes that prefix once (packed, with the continuations after it), and the
+line break after ``<EOT>`` makes ``following`` tokenize the same in both. A triple costs about
+one forward pass. Keep when S_with - S_without >= tau (per-source overrides). Each shard's
+rows are sorted by the difference; the stage merges them (a k-way merge, streamed) and splits
+train/dev by a seeded draw.
 """
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import json
 import math
@@ -53,21 +58,24 @@ def triple_fields(data: dict[str, Any]) -> tuple[str, str, str]:
     return out[0], out[1], out[2]
 
 
-def score_requests(data: dict[str, Any], opts: FilterOptions) -> tuple[ScoreRequest, ScoreRequest]:
-    """The two /v1/score requests of one triple: with the rationale, and without."""
+RATIONALE_SEPARATOR = "\n"
+"""After ``<EOT>``: the assistant turn without a rationale starts after the chat template's
+line break too, so ``following`` gets the same tokens with and without the rationale."""
+
+
+def score_request(data: dict[str, Any], opts: FilterOptions) -> ScoreRequest:
+    """The one /v1/score request of a triple: ``following`` with the rationale given (first)
+    and without it (second)."""
     preceding, rationale, following = triple_fields(data)
     system = [ChatMessage(role="system", content=opts.system_prompt)] if opts.system_prompt else []
-
-    def request(user: str) -> ScoreRequest:
-        return ScoreRequest(
-            context=[*system, ChatMessage(role="user", content=user)],
-            continuations=[following],
-            decay=opts.decay,
-            aggregate=Aggregate.decayed_sum,
-            return_tokens=False,
-        )
-
-    return request(f"{preceding} {BOT}{rationale}{EOT}"), request(preceding)
+    return ScoreRequest(
+        context=[*system, ChatMessage(role="user", content=preceding)],
+        continuations=[following, following],
+        given=[f"{BOT}{rationale}{EOT}{RATIONALE_SEPARATOR}", ""],
+        decay=opts.decay,
+        aggregate=Aggregate.decayed_sum,
+        return_tokens=False,
+    )
 
 
 def _sort_key(row: dict[str, Any]) -> tuple[float, str]:
@@ -87,12 +95,9 @@ class FilterStage(Stage):
         async def one(rec: RawRecord) -> Outcome:
             assert rec.data is not None
             rid = record_id(rec.data, rec.index, ctx.input.id_field)
-            with_req, without_req = score_requests(rec.data, self.options)
-            with_resp, without_resp = await asyncio.gather(
-                scorer.score(with_req), scorer.score(without_req)
-            )
-            s_with = with_resp.scores[0].decayed_sum
-            s_without = without_resp.scores[0].decayed_sum
+            response = await scorer.score(score_request(rec.data, self.options))
+            with_score, without_score = response.scores
+            s_with, s_without = with_score.decayed_sum, without_score.decayed_sum
             diff = s_with - s_without
             if not math.isfinite(diff):
                 raise RecordFailure(f"non-finite score difference {diff}")
@@ -105,11 +110,11 @@ class FilterStage(Stage):
                 "s_with": s_with,
                 "s_without": s_without,
                 "diff": diff,
-                "following_tokens": with_resp.scores[0].num_tokens,
+                "following_tokens": with_score.num_tokens,
             }
             return Outcome("kept", rows={"output": [row]}, record_id=rid)
 
-        concurrency = max(1, ctx.runtime.settings.request_concurrency // 2)
+        concurrency = ctx.runtime.settings.request_concurrency
         outcomes = await map_records(records, ctx, one, concurrency=concurrency)
         result = collect(self.kind, ctx.shard, records, outcomes)
         result.streams["output"] = sorted(result.streams.get("output", []), key=_sort_key)
@@ -162,3 +167,7 @@ class FilterStage(Stage):
                 "mean": total / n if n else None,
             },
         }
+
+    def report(self, summary: dict[str, Any]) -> dict[str, Any]:
+        keep = ("tau", "splits", "diff")
+        return {**super().report(summary), **{k: summary[k] for k in keep if k in summary}}

@@ -77,6 +77,10 @@ def training_input(spec: TrainRationalystSpec, artifacts_dir: Path) -> InputSpec
     return InputSpec(paths=paths, format=InputFormat.jsonl)
 
 
+TRAIN_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+"""Pool sizes torch and the BLAS libraries read at start-up in the trainer's process."""
+
+
 class TrainStage(Stage):
     kind = JobKind.train_rationalyst
     single_shard = True
@@ -153,6 +157,9 @@ class TrainStage(Stage):
 
     async def _run_child(self, paths: TrainPaths, ctx: StageContext) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+        threads = ctx.runtime.settings.train_threads
+        if threads:  # the trainer's own pools, whatever the worker itself was given
+            env.update(dict.fromkeys(TRAIN_THREAD_VARS, str(threads)))
         with open(paths.log, "ab") as log:  # noqa: ASYNC230 - opening a log file is instant
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
