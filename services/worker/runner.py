@@ -191,7 +191,7 @@ class JobRunner:
             logger.info(
                 "job %s stage %s planned: %d records in %d shards",
                 job_id,
-                kind.value,
+                stages[k].folder,
                 p.records_total,
                 len(p.shards),
             )
