@@ -70,6 +70,8 @@ class Generation:
     text: str
     completion_tokens: int | None = None
     prompt_tokens: int | None = None
+    finish_reason: str | None = None
+    """``length`` when the token limit cut it."""
 
 
 Generate = Callable[[str], Awaitable[Generation]]
@@ -126,7 +128,7 @@ class SelfImprovement:
             )
             yield self._round(0, raw, None, None, None, tokens, model_s, start, parsed=False)
             return
-        own_feedback, own_update = attempt.feedback, attempt.updated
+        own_feedback, own_update = attempt.feedback, _whole(attempt.updated, out)
         for index in range(self.max_rounds):
             if index:
                 start, model_s, tokens = time.perf_counter(), 0.0, 0
@@ -136,7 +138,7 @@ class SelfImprovement:
                     model_s += spent
                     tokens = (tokens or 0) + (out.completion_tokens or 0)
                     cont = read_continuation(out.text, "feedback")
-                    own_feedback, own_update = cont.feedback, cont.updated
+                    own_feedback, own_update = cont.feedback, _whole(cont.updated, out)
                 feedback = own_feedback or ""
                 labels = [s.label for s in split_steps(answer, strict=False)]
                 verdict, by = parse_feedback(feedback, labels), "self"
@@ -196,6 +198,12 @@ class SelfImprovement:
         return round_
 
 
+def _whole(updated: str | None, out: Generation) -> str | None:
+    """An update that a generation went on to write, unless the token limit cut it (it is
+    then asked for on its own)."""
+    return None if out.finish_reason == "length" else updated
+
+
 def completion_generator(
     complete: Callable[[CompletionRequest], Awaitable[object]],
     *,
@@ -226,6 +234,7 @@ def completion_generator(
             text=str(choices[0].text),
             completion_tokens=getattr(usage, "completion_tokens", None),
             prompt_tokens=getattr(usage, "prompt_tokens", None),
+            finish_reason=getattr(choices[0], "finish_reason", None),
         )
 
     return generate

@@ -696,6 +696,13 @@ class TripostSpec(TripostQuestions):
         "first iteration then starts from that model).",
     )
     eval_base: bool = Field(default=True, description="Evaluate the base model first.")
+    dev_fraction: float = Field(
+        default=0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Share of each training's rows held out (seeded) for its eval loss; 0 = "
+        "no eval loss.",
+    )
     collect: TripostCollectOptions = Field(default_factory=TripostCollectOptions)
     train: TripostTrainOptions = Field(default_factory=TripostTrainOptions)
     eval: TripostEvalOptions = Field(default_factory=TripostEvalOptions)

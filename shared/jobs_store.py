@@ -146,15 +146,13 @@ def stage_dir(root: Path, job_id: str, stage: JobKind | str) -> Path:
     return job_dir(root, job_id) / folder
 
 
-def tripost_samples_file(root: Path, job_id: str, status: JobStatus, path: str | None) -> Path:
-    """Where a finished tripost_collect or tripost job keeps the samples to train on: ``path``
-    inside its folder, or its (last) collection's output."""
-    if path is not None:
-        return job_dir(root, job_id) / path
-    folders = [s.label or s.name.value for s in status.stages if s.name is JobKind.tripost_collect]
-    return stage_dir(root, job_id, folders[-1] if folders else JobKind.tripost_collect) / (
-        "output.jsonl"
-    )
+def tripost_samples_file(root: Path, job_id: str, spec: Any, path: str | None) -> Path:
+    """Where a finished tripost_collect or tripost job (its validated ``spec``) keeps the
+    samples to train on: ``path`` inside its folder, or its (last) collection's output."""
+    if path is None:
+        folders = [s.folder for s in job_stages(spec) if s.kind is JobKind.tripost_collect]
+        path = f"{folders[-1] if folders else JobKind.tripost_collect.value}/output.jsonl"
+    return job_dir(root, job_id) / path
 
 
 def parse_spec(raw: str | None) -> Any:
@@ -464,7 +462,8 @@ class JobStore:
                 f"job {source.id} has not succeeded (it is {source.state.value})",
                 field="data.job",
             )
-        rows = tripost_samples_file(self.artifacts_dir, source.id, source, spec.data.path)
+        source_spec = JOB_SPEC_ADAPTER.validate_python(source.spec)
+        rows = tripost_samples_file(self.artifacts_dir, source.id, source_spec, spec.data.path)
         if not rows.is_file() or rows.stat().st_size == 0:
             raise InvalidRequest(
                 f"job {source.id} has no samples at {rows}",

@@ -197,6 +197,24 @@ async def test_self_improve_default_demos_are_the_tasks_gold_rationales() -> Non
     assert prompt.endswith("\n\nQ: 2 + 3 =\nAnswer:")
 
 
+async def test_self_improve_asks_again_for_an_update_the_token_limit_cut() -> None:
+    prompts: list[str] = []
+
+    async def generate(text: str) -> Generation:
+        prompts.append(text)
+        if text.endswith("Updated Answer:"):
+            return Generation(f" {RIGHT}")
+        if text.endswith("Answer:"):  # attempt, feedback and the start of an update: cut
+            cut = f" {WRONG}\nFeedback: {ERROR}\nUpdated Answer: (1) 2 +"
+            return Generation(cut, 9, None, "length")
+        return Generation(f" {CORRECT}")
+
+    loop = SelfImprovement("2 + 3 =", generate)
+    rounds = [r async for r in loop.run()]
+    assert [r.updated for r in rounds] == [RIGHT, None] and loop.answer == RIGHT
+    assert prompts[1].endswith(f"Feedback: {ERROR}\nUpdated Answer:")
+
+
 async def test_self_improvement_loop_runs_on_any_generator() -> None:
     prompts: list[str] = []
 

@@ -252,3 +252,36 @@ async def test_job_status_tells_repeated_stages_apart_and_shows_results() -> Non
     assert status.stages[1].result is None and status.result == {"evaluated": ["gold"]}
     assert status.stages[2].result == {"label": "gold"}
     assert get_task("multistep_arithmetic").name == "multistep_arithmetic_seen"
+
+
+def test_train_tripost_reads_a_collection_jobs_samples(tmp_path: Path) -> None:
+    from services.worker.inputs import InputError
+    from services.worker.stages.train import training_input
+
+    def submitted(job_id: str, spec: dict[str, Any], samples: str) -> None:
+        folder = tmp_path / job_id
+        folder.mkdir()
+        (folder / "job.json").write_text(json.dumps({"id": job_id, "spec": json.dumps(spec)}))
+        (folder / samples).parent.mkdir(parents=True)
+        (folder / samples).write_text("{}\n")
+
+    def train(**data: Any) -> TrainTripostSpec:
+        spec = ADAPTER.validate_python({"kind": "train_tripost", "data": data})
+        assert isinstance(spec, TrainTripostSpec)
+        return spec
+
+    collect = {"kind": "tripost_collect", "task": "word_sorting"}
+    submitted("job-c", collect, "tripost_collect/output.jsonl")
+    submitted("job-t", {"kind": "tripost", "task": "word_sorting", "iterations": 2},
+              "tripost_collect-2/output.jsonl")  # fmt: skip
+    second = "tripost_collect-2/output.jsonl"
+    for data, rows in (
+        ({"job": "job-c"}, "job-c/tripost_collect/output.jsonl"),
+        ({"job": "job-t"}, f"job-t/{second}"),
+        ({"job": "job-t", "path": second}, f"job-t/{second}"),
+    ):
+        assert training_input(train(**data), tmp_path).paths == [str(tmp_path / rows)]
+    with pytest.raises(InputError, match="no training rows"):
+        training_input(train(job="job-t", path="tripost_collect-1/output.jsonl"), tmp_path)
+    with pytest.raises(ValidationError, match=r"data\.path goes with data\.job"):
+        train(train=["a.jsonl"], path="x/y.jsonl")

@@ -86,7 +86,7 @@ def tripost_stage_options(spec: TripostSpec, stage: JobStage, job_id: str) -> Ba
             {
                 "kind": JobKind.train_tripost,
                 **spec.train.model_dump(),
-                "data": {"job": job_id, "path": rows},
+                "data": {"job": job_id, "path": rows, "dev_fraction": spec.dev_fraction},
                 "base_model": model,
                 "model_name": spec.model_for(stage.produces, job_id),
             }
