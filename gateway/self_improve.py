@@ -34,6 +34,7 @@ from shared.answers import contains_end_phrase, extract_answer
 from shared.errors import InvalidRequest, ServiceError, ServiceUnavailable
 from shared.fewshot import DEFAULT_DEMOS
 from shared.gateway_schemas import (
+    FeedbackBy,
     Heuristic,
     ReasonRequest,
     ReasonResponse,
@@ -76,7 +77,7 @@ class Generation:
 
 Generate = Callable[[str], Awaitable[Generation]]
 """Continues a prompt (raw text, no chat template)."""
-Judge = Callable[[str], Awaitable[tuple[Verdict, str]]]
+Judge = Callable[[str], Awaitable[tuple[Verdict, FeedbackBy]]]
 """A verifier: the verdict on an answer and who gave it (``scripted`` or ``llm``)."""
 
 
@@ -141,7 +142,8 @@ class SelfImprovement:
                     own_feedback, own_update = cont.feedback, _whole(cont.updated, out)
                 feedback = own_feedback or ""
                 labels = [s.label for s in split_steps(answer, strict=False)]
-                verdict, by = parse_feedback(feedback, labels), "self"
+                verdict = parse_feedback(feedback, labels)
+                by: FeedbackBy = "self"
             else:
                 t = time.perf_counter()
                 verdict, by = await self.judge(answer)
@@ -174,7 +176,7 @@ class SelfImprovement:
         index: int,
         answer: str,
         feedback: str | None,
-        by: str | None,
+        by: FeedbackBy | None,
         verdict: Verdict | None,
         tokens: int | None,
         model_s: float,
@@ -343,7 +345,7 @@ class SelfImproveSearch:
                 )
             verifier = scripted
 
-            async def judge_scripted(answer: str) -> tuple[Verdict, str]:
+            async def judge_scripted(answer: str) -> tuple[Verdict, FeedbackBy]:
                 try:
                     return verifier.verify(question, answer), "scripted"
                 except QuestionError as exc:
@@ -373,7 +375,7 @@ class SelfImproveSearch:
                 )
             return res.text()
 
-        async def judge_llm(answer: str) -> tuple[Verdict, str]:
+        async def judge_llm(answer: str) -> tuple[Verdict, FeedbackBy]:
             try:
                 verdict, _ = await llm_verify(
                     chat,

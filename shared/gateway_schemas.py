@@ -204,6 +204,10 @@ class StepTrace(Strict):
     warnings: list[str] = Field(default_factory=list)
 
 
+FeedbackBy = Literal["self", "scripted", "llm"]
+"""Who wrote a feedback of self-improvement: the model itself, or a verifier."""
+
+
 class RoundTrace(Strict):
     """One answer of self-improvement, the feedback on it and the update it led to."""
 
@@ -216,9 +220,7 @@ class RoundTrace(Strict):
     feedback: str | None = Field(
         default=None, description="The feedback sentence (or what the agent wrote instead)."
     )
-    feedback_by: Literal["self", "scripted", "llm"] | None = Field(
-        default=None, description="Who wrote the feedback."
-    )
+    feedback_by: FeedbackBy | None = Field(default=None, description="Who wrote the feedback.")
     correct: bool | None = Field(
         default=None,
         description="The feedback says the final response is correct; None when it could "

@@ -55,6 +55,7 @@ from shared.job_schemas import (
     TrainingProgress,
     TrainRationalystSpec,
     TrainTripostSpec,
+    TripostSpec,
     job_stages,
     named_file_ids,
     named_paths,
@@ -364,6 +365,8 @@ class JobStore:
             await self.check_training_spec(spec)
         if isinstance(spec, TrainTripostSpec):
             await self.check_tripost_training_spec(spec)
+        if isinstance(spec, TripostSpec):
+            self.check_tripost_names(spec, job_id)
         now = time.time()
         stages = job_stages(spec)
         fields = {
@@ -469,6 +472,17 @@ class JobStore:
                 f"job {source.id} has no samples at {rows}",
                 field="data.path" if spec.data.path else "data.job",
             )
+
+    def check_tripost_names(self, spec: TripostSpec, job_id: str) -> None:
+        """Reject at submit a tripost job whose models' names are already registered."""
+        registry = ModelRegistry(self.artifacts_dir)
+        for stage in spec.stages():
+            name = spec.model_for(stage.produces, job_id) if stage.produces else None
+            if name and registry.find(name):
+                raise InvalidRequest(
+                    f"model name {name!r} is already registered; choose another model_name",
+                    field="model_name",
+                )
 
     async def get(self, job_id: str) -> JobStatus:
         check_job_id(job_id)

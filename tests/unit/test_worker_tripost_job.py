@@ -285,3 +285,18 @@ def test_train_tripost_reads_a_collection_jobs_samples(tmp_path: Path) -> None:
         training_input(train(job="job-t", path="tripost_collect-1/output.jsonl"), tmp_path)
     with pytest.raises(ValidationError, match=r"data\.path goes with data\.job"):
         train(train=["a.jsonl"], path="x/y.jsonl")
+
+
+def test_tripost_job_names_already_registered_are_refused_at_submit(tmp_path: Path) -> None:
+    from shared.errors import InvalidRequest
+    from shared.model_registry import ModelRegistry, RegisteredModel
+
+    ModelRegistry(tmp_path).register(
+        RegisteredModel(name="mine-it2", path="/m", base_model="b", method="full", job_id="job-old")
+    )
+    store = JobStore.__new__(JobStore)
+    store.artifacts_dir = tmp_path
+    store.check_tripost_names(tripost(model_name="mine", iterations=1), "job-new")
+    with pytest.raises(InvalidRequest, match="mine-it2") as info:
+        store.check_tripost_names(tripost(model_name="mine", iterations=2), "job-new")
+    assert info.value.field == "model_name"

@@ -41,6 +41,7 @@ from services.worker.stages.base import (
     map_records,
 )
 from services.worker.stages.tripost import task_items, write_items
+from shared.gateway_schemas import FeedbackBy
 from shared.job_schemas import InputSpec, JobKind, TripostEvalSpec, TripostSpec, job_stages
 from shared.jobs_store import stage_dir
 from shared.openai_schemas import ChatCompletionRequest, OAChatMessage
@@ -117,7 +118,7 @@ class TripostEvalStage(Stage):
                 return None
             scripted = scripted_verifier(item.task)
 
-            async def judge(answer: str) -> tuple[Verdict, str]:
+            async def judge(answer: str) -> tuple[Verdict, FeedbackBy]:
                 if scripted is not None:
                     try:
                         return scripted.verify(item.question, answer), "scripted"
