@@ -300,3 +300,11 @@ def test_tripost_job_names_already_registered_are_refused_at_submit(tmp_path: Pa
     with pytest.raises(InvalidRequest, match="mine-it2") as info:
         store.check_tripost_names(tripost(model_name="mine", iterations=2), "job-new")
     assert info.value.field == "model_name"
+
+
+def test_the_largest_tripost_job_has_stages_the_worker_accepts() -> None:
+    from services.worker.tasks import StageArgs
+
+    stages = job_stages(tripost(iterations=5))
+    assert len(stages) == 18
+    assert StageArgs(job_id="job-x", stage=len(stages) - 1).stage == 17
