@@ -308,3 +308,53 @@ def test_the_largest_tripost_job_has_stages_the_worker_accepts() -> None:
     stages = job_stages(tripost(iterations=5))
     assert len(stages) == 18
     assert StageArgs(job_id="job-x", stage=len(stages) - 1).stage == 17
+
+
+async def test_tripost_collect_attempts_with_a_trained_model_without_examples(
+    tmp_path: Path,
+) -> None:
+    from shared.model_registry import ModelRegistry, RegisteredModel
+
+    artifacts = tmp_path / "art"
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    ModelRegistry(artifacts).register(
+        RegisteredModel(name="tm", path=str(folder), base_model="b", kind="tripost", method="full")
+    )
+    spec = ADAPTER.validate_python(
+        {"kind": "tripost_collect", "task": "multistep_arithmetic_seen", "items": 2,
+         "model": "tm", "max_rounds": 2}
+    )  # fmt: skip
+    stage = build_stage(spec, JobKind.tripost_collect)
+    items = task_items(spec)
+    by_question = {i.question: i for i in items}
+    prompts: list[str] = []
+
+    def complete(req: Any) -> str:
+        prompts.append(str(req.prompt))
+        item = by_question[_question(str(req.prompt))]
+        gold = "\n".join(item.rationale or [])
+        return f" {gold}\nFeedback: The final response is also correct."
+
+    local = FakeLocalModels(FakeModelService("local", completion_text=complete))
+    rt = SimpleNamespace(
+        settings=WorkerSettings(artifacts_dir=artifacts, request_concurrency=2),
+        local_models=local,
+    )
+    extras = await stage.prepare(rt)
+    assert extras["demos"] == [] and extras["model_path"] == str(folder)
+
+    async def check() -> None:
+        return None
+
+    ctx = StageContext(
+        job_id="job-c", stage_index=0, shard=0, runtime=rt,  # type: ignore[arg-type]
+        input=InputSpec(paths=["x"], id_field="id"), extras=extras, check_active=check,
+    )  # fmt: skip
+    records = [RawRecord(i, item.model_dump(), None) for i, item in enumerate(items)]
+    result = await stage.process(records, ctx)
+    assert local.served == [str(folder)]
+    assert all(p.startswith("Q: ") and p.endswith("\nAnswer:") for p in prompts)  # zero-shot
+    kinds = sorted(r["kind"] for r in result.streams["output"])
+    assert kinds == ["gold", "gold", "non_improvement", "non_improvement"]
