@@ -87,6 +87,13 @@ def up(
             "trained model, a cache name or a folder."
         ),
     ] = None,
+    agent_model: Annotated[
+        str | None,
+        typer.Option(
+            help="Model of the agent role only (overrides --model there), e.g. a model "
+            "trained by a tripost job, for `strategy: self_improve`."
+        ),
+    ] = None,
     engine: Annotated[str | None, typer.Option(help="transformers, vllm or remote.")] = None,
     internal_token: Annotated[
         str | None,
@@ -187,7 +194,10 @@ def up(
             t.add_row(p.name, p.url, str(p.pid), f"[{style}]{state}[/{style}]")
         return t
 
-    models = {role: model for role in ROLES} | {"rationalyst": rationalyst_model or model}
+    models = {role: model for role in ROLES} | {
+        "rationalyst": rationalyst_model or model,
+        "agent": agent_model or model,
+    }
     # Model services require the token once it is set, and the gateway sends it.
     env = (
         {"MODEL_SERVER_INTERNAL_TOKEN": internal_token, "GATEWAY_INTERNAL_TOKEN": internal_token}

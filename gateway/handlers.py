@@ -24,6 +24,7 @@ from gateway.openai_compat import (
     to_chat_completion,
     to_reason_request,
 )
+from gateway.search import Search, build_search, run_to_end
 from gateway.state import GatewayState
 from gateway.upstreams import SERVICES, ServiceName
 from shared.errors import InternalError, InvalidRequest, ServiceError, ServiceUnavailable
@@ -33,6 +34,7 @@ from shared.gateway_schemas import (
     GatewayChatRequest,
     ReasonRequest,
     ReasonResponse,
+    RoundTrace,
     SelectRequest,
     SelectResponse,
     StepTrace,
@@ -46,7 +48,7 @@ from shared.verify import QuestionError, Verdict, llm_verify, resolve_task, scri
 
 logger = logging.getLogger(__name__)
 
-Item = StepTrace | ReasonResponse
+Item = StepTrace | RoundTrace | ReasonResponse
 
 
 def check_question(question: str, state: GatewayState) -> None:
@@ -75,13 +77,16 @@ async def readiness(state: GatewayState) -> dict[str, Any]:
     return {"status": "ready", "services": dict.fromkeys(SERVICES, "ready")}
 
 
-def _reasoner(state: GatewayState, req: ReasonRequest, request_id: str | None) -> loop.Reasoner:
-    return loop.Reasoner(
+def _search(state: GatewayState, req: ReasonRequest, request_id: str | None) -> Search:
+    settings = state.settings
+    return build_search(
         req,
         state.upstreams,
-        max_deadline_s=state.settings.max_deadline_s,
+        max_deadline_s=settings.max_deadline_s,
         request_id=request_id,
-        answer_grace_s=state.settings.answer_grace_s,
+        verifier_service=settings.verifier_service,
+        verifier_max_tokens=settings.verifier_max_tokens,
+        answer_grace_s=settings.answer_grace_s,
     )
 
 
@@ -90,10 +95,10 @@ async def reason(
 ) -> ReasonResponse:
     check_question(req.question, state)
     async with state.limiter.slot():
-        reasoner = _reasoner(state, req, request_id)
-        with state.searches.register(request_id, reasoner):
+        search = _search(state, req, request_id)
+        with state.searches.register(request_id, search):
             try:
-                response = await loop.run_to_end(reasoner)
+                response = await run_to_end(search)
             except ServiceError as exc:
                 state.metrics.observe_error(endpoint, exc)
                 raise
@@ -258,9 +263,13 @@ async def open_stream(
     """Check the request, take a slot and run the search up to its first item."""
     check_question(req.question, state)
     admitted = await state.limiter.acquire()
-    reasoner = _reasoner(state, req, request_id)
-    unregister = state.searches.add(request_id, reasoner)
-    items = reasoner.run()
+    try:
+        search = _search(state, req, request_id)
+    except BaseException:
+        state.limiter.release(admitted)
+        raise
+    unregister = state.searches.add(request_id, search)
+    items = search.run()
     try:
         first = await anext(items)
     except BaseException as exc:
@@ -302,13 +311,16 @@ def _sse(event: str, data: str) -> str:
 
 
 async def reason_events(stream: SearchStream, request_id: str | None) -> AsyncIterator[str]:
-    """SSE body of /v1/reason: ``event: step`` per step, ``event: done`` with the response,
-    or ``event: error`` with the envelope as the last event."""
+    """SSE body of /v1/reason: ``event: step`` per step (``event: round`` per round of
+    self-improvement), ``event: done`` with the response, or ``event: error`` with the
+    envelope as the last event."""
     metrics = stream.state.metrics
     try:
         async for item in stream.items():
             if isinstance(item, StepTrace):
                 yield _sse("step", item.model_dump_json())
+            elif isinstance(item, RoundTrace):
+                yield _sse("round", item.model_dump_json())
             else:
                 metrics.observe_reason(item)
                 _log_payload(stream.state, item)
@@ -340,6 +352,8 @@ async def chat_chunks(
         async for item in stream.items():
             if isinstance(item, StepTrace):
                 yield f"data: {writer.step(item)}\n\n"
+            elif isinstance(item, RoundTrace):
+                yield f"data: {writer.round(item)}\n\n"
             else:
                 item.warnings[:0] = warnings
                 metrics.observe_reason(item, "chat")

@@ -139,7 +139,9 @@ def new_seed() -> int:
 
 
 @dataclass
-class _ServiceCounter:
+class ServiceCounter:
+    """Calls and tokens of one model service over a request."""
+
     calls: int = 0
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -197,10 +199,10 @@ class _Run:
         self.demos: list[Demo] = self.few_shot.demos
         self.fallbacks: list[Fallback] = []
         self.warnings: list[str] = list(self.few_shot.warnings)
-        self.counters: dict[ServiceName, _ServiceCounter] = {
-            "rationalyst": _ServiceCounter(),
-            "agent": _ServiceCounter(),
-            "scorer": _ServiceCounter(),
+        self.counters: dict[ServiceName, ServiceCounter] = {
+            "rationalyst": ServiceCounter(),
+            "agent": ServiceCounter(),
+            "scorer": ServiceCounter(),
         }
 
     # -- upstream calls -----------------------------------------------------------------------

@@ -24,6 +24,7 @@ from shared.gateway_schemas import (
     GatewayChatRequest,
     ReasonRequest,
     ReasonResponse,
+    RoundTrace,
     SearchOptions,
     StepTrace,
 )
@@ -140,7 +141,16 @@ class ChunkWriter:
         self._steps += 1
         return self._chunk(ChunkDelta(content=text), rationalyst_step=trace)
 
+    def round(self, trace: RoundTrace) -> str:
+        """A round of self-improvement: its trace, no content (the solution is the last
+        round's answer, sent with the final chunk)."""
+        return self._chunk(ChunkDelta(), rationalyst_round=trace)
+
     def done(self, response: ReasonResponse) -> str:
+        """The final chunk; it carries the solution's text when no step chunk did."""
+        content = solution_text(response.steps) if self._steps == 0 and response.steps else None
         return self._chunk(
-            ChunkDelta(), finish_reason=_finish_reason(response), rationalyst=response
+            ChunkDelta(content=content),
+            finish_reason=_finish_reason(response),
+            rationalyst=response,
         )

@@ -2,7 +2,7 @@
 
 A :class:`FakeModelService` answers like the real service from a small script: the agent's
 candidates per step, the scorer's score per candidate text, the rationalyst's rationale, a
-chat completion's text. It
+chat completion's text, a text completion's. It
 records every request, can fail (raise a typed error) from a given call on, and can be slow.
 """
 
@@ -19,7 +19,11 @@ from shared.openai_schemas import (
     ChatCompletionChoice,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
     OAChatMessage,
+    Usage,
 )
 from shared.schemas import (
     Candidate,
@@ -52,6 +56,8 @@ class FakeModelService:
     rationale_text: str | Callable[[RationaleRequest], str] = "think about the next step"
     chat_text: str | Callable[[ChatCompletionRequest], str] = "Hello."
     """What /v1/chat/completions answers (text, or a function of the request)."""
+    completion_text: str | Callable[[CompletionRequest], str] = "Hello."
+    """What /v1/completions answers (text, or a function of the request)."""
     fail: ServiceError | None = None
     fail_from_call: int = 0
     """``fail`` is raised by every call numbered >= this (0 = from the first call)."""
@@ -118,6 +124,16 @@ class FakeModelService:
         return ChatCompletionResponse(
             id="chatcmpl-fake",
             choices=[ChatCompletionChoice(message=message, finish_reason="stop")],
+        )
+
+    async def complete(self, req: CompletionRequest) -> CompletionResponse:
+        await self._enter("complete", req)
+        text = self.completion_text(req) if callable(self.completion_text) else self.completion_text
+        n = len(text.split())
+        return CompletionResponse(
+            id="cmpl-fake",
+            choices=[CompletionChoice(text=text, finish_reason="stop")],
+            usage=Usage(prompt_tokens=10, completion_tokens=n, total_tokens=10 + n),
         )
 
     async def ready(self) -> bool:

@@ -11,7 +11,12 @@ from typing import Literal, Protocol
 
 from gateway.settings import GatewaySettings
 from shared.clients import ModelServiceClient
-from shared.openai_schemas import ChatCompletionRequest, ChatCompletionResponse
+from shared.openai_schemas import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+)
 from shared.schemas import (
     ProposeRequest,
     ProposeResponse,
@@ -37,6 +42,8 @@ class ModelClient(Protocol):
     async def score(self, req: ScoreRequest) -> ScoreResponse: ...
 
     async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse: ...
+
+    async def complete(self, req: CompletionRequest) -> CompletionResponse: ...
 
     async def ready(self) -> bool: ...
 

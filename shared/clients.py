@@ -16,7 +16,12 @@ from pydantic import BaseModel
 
 from shared.errors import ServiceUnavailable, UpstreamTimeout, from_body
 from shared.logging import REQUEST_ID_HEADER, request_id_var
-from shared.openai_schemas import ChatCompletionRequest, ChatCompletionResponse
+from shared.openai_schemas import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+)
 from shared.schemas import (
     ProposeRequest,
     ProposeResponse,
@@ -137,6 +142,14 @@ class ModelServiceClient(ServiceClient):
         body = req.model_dump(mode="json", exclude_none=True)
         response = await self.request("POST", "/v1/chat/completions", json=body, timeout=timeout)
         return ChatCompletionResponse.model_validate(response.json())
+
+    async def complete(
+        self, req: CompletionRequest, timeout: float | None = None
+    ) -> CompletionResponse:
+        """OpenAI-compatible ``POST /v1/completions``: raw text, no chat template."""
+        body = req.model_dump(mode="json", exclude_none=True)
+        response = await self.request("POST", "/v1/completions", json=body, timeout=timeout)
+        return CompletionResponse.model_validate(response.json())
 
     async def switch_model(self, model: str, timeout: float | None = 900.0) -> SwitchModelResponse:
         """Switch the served model (``POST /admin/model``; the service needs its internal

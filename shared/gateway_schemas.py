@@ -41,6 +41,17 @@ class Heuristic(StrEnum):
     """One candidate, no scoring: plain chain of thought."""
 
 
+class Strategy(StrEnum):
+    """How a solution is searched for."""
+
+    step = "step"
+    """Step by step (default): propose candidates, keep the one the heuristic selects."""
+    self_improve = "self_improve"
+    """TriPosT's self-improvement: the agent writes a whole answer, then "Feedback:" on it,
+    then "Updated Answer:", until the feedback says the final response is correct or
+    ``max_rounds`` answers were written (`heuristic` does not apply)."""
+
+
 SCORING_HEURISTICS: frozenset[Heuristic] = frozenset(
     {Heuristic.rationalyst, Heuristic.rationalyst_explicit, Heuristic.likelihood, Heuristic.random}
 )
@@ -133,6 +144,36 @@ class SearchOptions(Strict):
     max_rationale_tokens: int = Field(
         default=128, ge=1, le=1024, description="Most tokens in one rationale."
     )
+    strategy: Strategy = Field(default=Strategy.step, description="How to search.")
+    max_rounds: int = Field(
+        default=10,
+        ge=1,
+        le=10,
+        description="self_improve: answers at most (the attempt and its updates).",
+    )
+    feedback: Literal["self", "verifier"] = Field(
+        default="self",
+        description="self_improve: who writes the feedback on each answer: the agent itself "
+        "(TriPosT at test time) or a verifier (`verifier`).",
+    )
+    verifier: VerifierKind | None = Field(
+        default=None,
+        description="self_improve with `feedback: verifier`: scripted (needs `task`) or llm; "
+        "default: scripted where the task has one, else llm.",
+    )
+    task: NonEmptyStr | None = Field(
+        default=None,
+        description="self_improve: the task of the question (`multistep_arithmetic`, "
+        "`word_sorting`, ...): picks the scripted verifier and the answer format of the "
+        "worked examples.",
+    )
+    max_round_tokens: int = Field(
+        default=512,
+        ge=16,
+        le=1024,
+        description="self_improve: most tokens of one generation (an answer with its feedback "
+        "and update).",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,7 +185,9 @@ class ReasonRequest(SearchOptions):
 
     question: Question = Field(description="The problem to solve.")
     stream: bool = Field(
-        default=False, description="Server-sent events: `step` per step, then `done`."
+        default=False,
+        description="Server-sent events: `step` per step (self_improve: `round` per round), "
+        "then `done`.",
     )
 
 
@@ -214,6 +257,37 @@ class StepTrace(Strict):
     warnings: list[str] = Field(default_factory=list)
 
 
+FeedbackBy = Literal["self", "scripted", "llm"]
+"""Who wrote a feedback of self-improvement: the model itself, or a verifier."""
+
+
+class RoundTrace(Strict):
+    """One answer of self-improvement, the feedback on it and the update it led to."""
+
+    index: int = Field(description="0 = the first attempt.")
+    answer: str = Field(description="The answer judged this round, one step per line.")
+    parsed: bool = Field(
+        description="The answer has numbered steps and a final response (else the round is "
+        "the last: there is nothing to judge)."
+    )
+    feedback: str | None = Field(
+        default=None, description="The feedback sentence (or what the agent wrote instead)."
+    )
+    feedback_by: FeedbackBy | None = Field(default=None, description="Who wrote the feedback.")
+    correct: bool | None = Field(
+        default=None,
+        description="The feedback says the final response is correct; None when it could "
+        "not be read.",
+    )
+    step: str | None = Field(default=None, description="The step the feedback flags.")
+    updated: str | None = Field(
+        default=None, description="The updated answer written after this feedback, if any."
+    )
+    completion_tokens: int | None = Field(default=None, description="Tokens generated.")
+    model_ms: float = Field(description="Time waiting for model services this round.")
+    total_ms: float = Field(description="Wall time of the round.")
+
+
 class ServiceUsage(Strict):
     calls: int = 0
     prompt_tokens: int | None = Field(default=None, description="Where the service reports it.")
@@ -275,11 +349,21 @@ class ReasonResponse(Strict):
         "the trajectory (also those of a step abandoned for it).",
     )
     heuristic_requested: Heuristic
-    heuristic_used: Heuristic = Field(description="The heuristic in use at the end.")
+    heuristic_used: Heuristic = Field(
+        description="The heuristic in use at the end (self_improve: `greedy`, one answer at a "
+        "time, unscored)."
+    )
     seed: int | None = Field(default=None, description="The seed used (reproduces the run).")
     fallbacks: list[Fallback] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
-    trace: list[StepTrace] = Field(default_factory=list)
+    trace: list[StepTrace] = Field(
+        default_factory=list, description="strategy step: every step (self_improve: empty)."
+    )
+    strategy: Strategy = Field(default=Strategy.step, description="The strategy that ran.")
+    rounds: list[RoundTrace] = Field(
+        default_factory=list,
+        description="self_improve: every answer, its feedback and its update, in order.",
+    )
     usage: Usage = Field(default_factory=Usage)
     timings: Timings
 
@@ -411,6 +495,12 @@ class GatewayChatRequest(Lenient):
     max_rationale_tokens: int | None = Field(default=None, ge=1, le=1024)
     few_shot: list[Demo] | None = None
     answer_kind: AnswerKind | None = None
+    strategy: Strategy | None = None
+    max_rounds: int | None = Field(default=None, ge=1, le=10)
+    feedback: Literal["self", "verifier"] | None = None
+    verifier: VerifierKind | None = None
+    task: NonEmptyStr | None = None
+    max_round_tokens: int | None = Field(default=None, ge=16, le=1024)
 
 
 class ChatMessageOut(BaseModel):
@@ -450,8 +540,9 @@ class ChunkChoice(BaseModel):
 
 
 class ChatCompletionChunk(BaseModel):
-    """One streamed delta. Step chunks carry the step's trace in ``rationalyst_step``; the last
-    chunk carries the whole response in ``rationalyst``."""
+    """One streamed delta. Step chunks carry the step's trace in ``rationalyst_step``
+    (self_improve: a chunk per round, without content, carries ``rationalyst_round``); the
+    last chunk carries the whole response in ``rationalyst``."""
 
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
@@ -459,6 +550,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     rationalyst_step: StepTrace | None = None
+    rationalyst_round: RoundTrace | None = None
     rationalyst: ReasonResponse | None = None
 
 

@@ -7,8 +7,9 @@ spec again before it runs a job (a job's arguments travel through Redis as JSON)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -30,6 +31,9 @@ class JobKind(StrEnum):
     rationale_pipeline = "rationale_pipeline"
     train_rationalyst = "train_rationalyst"
     tripost_collect = "tripost_collect"
+    train_tripost = "train_tripost"
+    tripost_eval = "tripost_eval"
+    tripost = "tripost"
 
 
 STAGE_KINDS: tuple[JobKind, ...] = (
@@ -40,7 +44,9 @@ STAGE_KINDS: tuple[JobKind, ...] = (
 )
 """The kinds that are one stage each; ``rationale_pipeline`` chains all four in this order."""
 
-LONG_RUNNING_KINDS: frozenset[JobKind] = frozenset({JobKind.train_rationalyst})
+LONG_RUNNING_KINDS: frozenset[JobKind] = frozenset(
+    {JobKind.train_rationalyst, JobKind.train_tripost}
+)
 """Stages whose one shard may run for days (training): queued under their own arq task, whose
 timeout is the worker's ``train_timeout_s`` rather than ``shard_timeout_s``."""
 
@@ -389,27 +395,12 @@ class TrainDataSpec(Strict):
         return self
 
 
-class TrainRationalystSpec(Strict):
-    """Fine-tune a rationale model on chat rows with TRL's SFTTrainer (loss on the assistant
-    turn only), export it as a Hugging Face folder and register it under ``model_name``.
+class TrainOptions(Strict):
+    """Hyperparameters of a fine-tune with TRL's SFTTrainer. Those left out come from
+    ``preset``; the resolved values are recorded with the model."""
 
-    Hyperparameters left out come from ``preset``; the resolved values are recorded with the
-    model.
-    """
+    presets: ClassVar[dict[TrainPreset, dict[str, Any]]] = PRESETS
 
-    kind: Literal[JobKind.train_rationalyst]
-    name: str | None = Field(default=None, max_length=200, description="A label for listings.")
-    data: TrainDataSpec
-    limit: int | None = Field(default=None, ge=1, description="Train on the first N rows only.")
-    base_model: NonEmptyStr = Field(
-        default="smollm2-135m-instruct",
-        description="A model folder, a models-cache name or a registered model, on the worker.",
-    )
-    model_name: str | None = Field(
-        default=None,
-        pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
-        description="Registry name of the trained model (default: rationalyst-<job id>).",
-    )
     method: TrainMethod = Field(default=TrainMethod.full, description="full or lora.")
     preset: TrainPreset = Field(
         default=TrainPreset.small, description="Defaults of the hyperparameters left out."
@@ -463,7 +454,7 @@ class TrainRationalystSpec(Strict):
 
     def resolved(self) -> dict[str, Any]:
         """The hyperparameters with the preset's values where the spec left them out."""
-        out = dict(PRESETS[self.preset])
+        out = dict(self.presets[self.preset])
         for key in out:
             value = getattr(self, key)
             if value is not None:
@@ -471,6 +462,29 @@ class TrainRationalystSpec(Strict):
         if self.max_steps is not None:
             out["max_steps"] = self.max_steps
         return out
+
+
+class TrainRationalystSpec(TrainOptions):
+    """Fine-tune a rationale model on chat rows with TRL's SFTTrainer (loss on the assistant
+    turn only), export it as a Hugging Face folder and register it under ``model_name``.
+
+    Hyperparameters left out come from ``preset``; the resolved values are recorded with the
+    model.
+    """
+
+    kind: Literal[JobKind.train_rationalyst]
+    name: str | None = Field(default=None, max_length=200, description="A label for listings.")
+    data: TrainDataSpec
+    limit: int | None = Field(default=None, ge=1, description="Train on the first N rows only.")
+    base_model: NonEmptyStr = Field(
+        default="smollm2-135m-instruct",
+        description="A model folder, a models-cache name or a registered model, on the worker.",
+    )
+    model_name: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
+        description="Registry name of the trained model (default: rationalyst-<job id>).",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -485,20 +499,9 @@ class TripostImprover(StrEnum):
     """A model service rewrites the attempt from the first error step, given the feedback."""
 
 
-class TripostCollectSpec(Strict):
-    """Collect TriPosT self-improvement data: the agent attempts each training question; a
-    verifier gives feedback; an improver rewrites wrong attempts from the first error step
-    (earlier steps kept) until they verify; the trajectories become single-turn samples
-    ``Answer: ... / Feedback: ... / Updated Answer: ...``, rebalanced by kind."""
+class TripostCollectOptions(Strict):
+    """How TriPosT trajectories are collected: attempts, verifier, improver, rebalancing."""
 
-    kind: Literal[JobKind.tripost_collect]
-    name: str | None = Field(default=None, max_length=200, description="A label for listings.")
-    task: NonEmptyStr = Field(
-        description="The task of the training questions (`multistep_arithmetic_seen`, "
-        "`word_sorting_seen`, `date_understanding`, `jsonl:<path>` on the worker, ...)."
-    )
-    items: int = Field(default=100, ge=1, le=1_000_000, description="Training questions.")
-    seed: int = Field(default=0, description="Order of the task's items, sampling, rebalancing.")
     shard_size: int | None = Field(
         default=None, ge=1, le=1_000_000, description="Questions per shard (default: setting)."
     )
@@ -526,7 +529,11 @@ class TripostCollectSpec(Strict):
         default=512, ge=16, le=4096, description="Most tokens of an attempt or an improvement."
     )
     few_shot: int = Field(
-        default=3, ge=0, le=8, description="Worked examples in the agent's prompt."
+        default=3,
+        ge=0,
+        le=8,
+        description="Worked examples in the prompt of a model not trained on TriPosT's format "
+        "(a model trained on it attempts without).",
     )
     improvement_ratio: float = Field(default=1.5, ge=0.0, description="Share of improvements.")
     non_improvement_ratio: float = Field(
@@ -541,22 +548,314 @@ class TripostCollectSpec(Strict):
     def _scripted_needs_a_script(
         cls, v: TripostImprover | None, info: ValidationInfo
     ) -> TripostImprover | None:
-        from shared.verify.registry import scripted_verifier
-
-        task = info.data.get("task")
-        if v is TripostImprover.scripted and task and scripted_verifier(task) is None:
-            raise ValueError(f"{task} has no scripted verifier; use improver 'llm'")
+        _check_scripted(info.data.get("task"), "improver", v)
         return v
 
     @field_validator("verifier")
     @classmethod
     def _scripted_verifier(cls, v: str | None, info: ValidationInfo) -> str | None:
-        from shared.verify.registry import scripted_verifier
-
-        task = info.data.get("task")
-        if v == "scripted" and task and scripted_verifier(task) is None:
-            raise ValueError(f"{task} has no scripted verifier; use 'llm'")
+        _check_scripted(info.data.get("task"), "verifier", v)
         return v
+
+
+def _check_scripted(task: str | None, field: str, value: str | None) -> None:
+    """A scripted verifier or improver only where the task has a scripted verifier."""
+    from shared.verify.registry import scripted_verifier
+
+    if value == "scripted" and task and scripted_verifier(task) is None:
+        raise ValueError(f"{task} has no scripted verifier; use {field} 'llm'")
+
+
+class TripostQuestions(Strict):
+    """The training questions: the first ``items`` of a task's order for ``seed``."""
+
+    task: NonEmptyStr = Field(
+        description="The task of the training questions (`multistep_arithmetic_seen`, "
+        "`word_sorting_seen`, `date_understanding`, `jsonl:<path>` on the worker, ...)."
+    )
+    items: int = Field(default=100, ge=1, le=1_000_000, description="Training questions.")
+    seed: int = Field(default=0, description="Order of the task's items, sampling, rebalancing.")
+
+
+class TripostCollectSpec(TripostCollectOptions, TripostQuestions):
+    """Collect TriPosT self-improvement data: the agent attempts each training question; a
+    verifier gives feedback; an improver rewrites wrong attempts from the first error step
+    (earlier steps kept) until they verify; the trajectories become single-turn samples
+    ``Answer: ... / Feedback: ... / Updated Answer: ...``, rebalanced by kind."""
+
+    kind: Literal[JobKind.tripost_collect]
+    name: str | None = Field(default=None, max_length=200, description="A label for listings.")
+    model: NonEmptyStr | None = Field(
+        default=None,
+        description="Attempts by this model (a folder, a models-cache name or a registered "
+        "model), which the worker serves itself, in TriPosT's text format; a model trained by "
+        "train_tripost attempts without worked examples. Default: the agent service, in a chat "
+        "with worked examples.",
+    )
+
+
+SampleKind = Literal["improvement", "non_improvement", "gold"]
+WEIGHTED_KINDS: tuple[SampleKind, ...] = ("improvement", "non_improvement")
+
+TRIPOST_PRESETS: dict[TrainPreset, dict[str, Any]] = {
+    TrainPreset.small: {**PRESETS[TrainPreset.small], "max_length": 1024},
+    TrainPreset.paper: {
+        "epochs": 4.0,
+        "learning_rate": 1e-6,
+        "batch_size": 1,
+        "gradient_accumulation_steps": 4,
+        "max_length": 1024,
+        "lr_scheduler": "linear",
+        "warmup_ratio": 0.0,
+    },
+}
+"""TriPosT's presets: ``small`` is the embedded model's (its samples are longer: max length
+1024); ``paper`` is TriPosT's recipe for LLaMA-7B (4 epochs per iteration, lr 1e-6, batch 1 x
+4 accumulation)."""
+
+
+class TripostTrainOptions(TrainOptions):
+    """SFT on TriPosT samples with TriPosT's weighted loss: every token of the text is trained,
+    and the tokens from the first "\\nFeedback:" on weigh ``feedback_weight`` in samples of
+    the weighted kinds; loss = sum(CE * mask * weight) / sum(mask)."""
+
+    presets: ClassVar[dict[TrainPreset, dict[str, Any]]] = TRIPOST_PRESETS
+
+    feedback_weight: float = Field(
+        default=1.5,
+        ge=0.0,
+        le=100.0,
+        description="Weight of the tokens from the first Feedback: on (TriPosT's 1.5).",
+    )
+    weighted_kinds: list[SampleKind] = Field(
+        default_factory=lambda: list(WEIGHTED_KINDS),
+        description="Sample kinds whose feedback section is weighted (the attempts' feedback "
+        "and improvements; gold rationales weigh 1 throughout). Rows without a kind are "
+        "weighted when they have a feedback section.",
+    )
+
+
+class TripostTrainData(Strict):
+    """Rows ``{"text", "feedback_start", "kind"}`` as ``tripost_collect`` writes them."""
+
+    job: str | None = Field(
+        default=None,
+        pattern=JOB_ID_PATTERN,
+        description="A succeeded tripost_collect or tripost job: its samples (a tripost job's "
+        "last collection unless `path` says which).",
+    )
+    path: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9_]+(-[a-z0-9]+)?/[a-z0-9_.-]+\.jsonl$",
+        description="With `job`: the rows' file inside the job's folder, e.g. "
+        "`tripost_collect-2/output.jsonl`.",
+    )
+    train: list[NonEmptyStr] | None = Field(
+        default=None, min_length=1, description="Training files (JSONL) on the worker."
+    )
+    dev: list[NonEmptyStr] | None = Field(
+        default=None, min_length=1, description="Evaluation files (JSONL) on the worker."
+    )
+    dev_fraction: float = Field(
+        default=0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Without dev files: hold out this share of the training rows (seeded) for "
+        "the eval loss; 0 = no evaluation.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.job is None) == (self.train is None):
+            raise ValueError("give either data.job or data.train")
+        if self.job is None and self.path is not None:
+            raise ValueError("data.path goes with data.job")
+        if self.job is not None and self.dev is not None:
+            raise ValueError("data.dev goes with data.train")
+        return self
+
+
+class TrainTripostSpec(TripostTrainOptions):
+    """Fine-tune a model on TriPosT samples (TRL's SFTTrainer with the weighted loss), export
+    it and register it under ``model_name``; it then attempts, writes its own feedback and
+    updates its answer (the gateway's ``strategy: self_improve``)."""
+
+    kind: Literal[JobKind.train_tripost]
+    name: str | None = Field(default=None, max_length=200, description="A label for listings.")
+    data: TripostTrainData
+    limit: int | None = Field(default=None, ge=1, description="Train on the first N rows only.")
+    base_model: NonEmptyStr = Field(
+        default="smollm2-135m-instruct",
+        description="A model folder, a models-cache name or a registered model, on the worker.",
+    )
+    model_name: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
+        description="Registry name of the trained model (default: tripost-<job id>).",
+    )
+
+
+FeedbackSource = Literal["self", "verifier"]
+"""Who judges each answer of self-improvement: the model itself (TriPosT at test time), or
+the task's verifier (scripted, else the LLM one)."""
+
+
+class TripostEvalOptions(Strict):
+    """Self-improvement on held-out questions: the model attempts, writes its feedback and
+    updates its answer until its feedback says the final response is correct."""
+
+    tasks: list[NonEmptyStr] | None = Field(
+        default=None,
+        min_length=1,
+        description="Tasks evaluated (default: the seen and unseen buckets of the training "
+        "task, e.g. multistep_arithmetic_seen and multistep_arithmetic_unseen).",
+    )
+    items: int = Field(default=20, ge=1, le=100_000, description="Questions per task.")
+    seed: int | None = Field(
+        default=None, description="Picks the questions (default: the training seed + 1)."
+    )
+    few_shot: int | None = Field(
+        default=None,
+        ge=0,
+        le=8,
+        description="Worked examples in the prompt. Default: none for a model trained on "
+        "TriPosT's format, 2 for any other.",
+    )
+    max_rounds: int = Field(
+        default=10, ge=1, le=10, description="Answers per question at most (attempt + updates)."
+    )
+    max_tokens: int = Field(default=512, ge=16, le=4096, description="Most tokens per generation.")
+    feedback: FeedbackSource = Field(default="self", description="Who judges each answer.")
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 = greedy.")
+    shard_size: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="Questions per shard (default: setting)."
+    )
+
+
+class TripostEvalSpec(TripostEvalOptions):
+    """Evaluate a model's self-improvement: accuracy of its first attempt and of its final
+    answer per task, with 95% Wilson intervals, in report.md with a chart."""
+
+    kind: Literal[JobKind.tripost_eval]
+    name: str | None = Field(default=None, max_length=200, description="A label for listings.")
+    model: NonEmptyStr = Field(
+        default="smollm2-135m-instruct",
+        description="A model folder, a models-cache name or a registered model, on the worker.",
+    )
+
+    @model_validator(mode="after")
+    def _tasks_given(self) -> Self:
+        if not self.tasks:
+            raise ValueError("tasks: give the tasks to evaluate")
+        return self
+
+
+def seen_and_unseen(task: str) -> list[str]:
+    """The seen and unseen buckets of a generated task (``word_sorting`` -> both
+    ``word_sorting_seen`` and ``word_sorting_unseen``); any other task alone."""
+    from shared.tasks.registry import ALIASES
+
+    canonical = ALIASES.get(task, task)
+    for family in ("multistep_arithmetic", "word_sorting"):
+        if canonical in (family, f"{family}_seen", f"{family}_unseen"):
+            return [f"{family}_seen", f"{family}_unseen"]
+    return [task]
+
+
+class TripostSpec(TripostQuestions):
+    """TriPosT end to end (REFERENCE.md 2.1): evaluate the base model; SFT on the gold
+    rationales (stage 0) and evaluate; then ``iterations`` times: collect trajectories with
+    the current model's attempts, train from the current model on them, evaluate. Every model
+    is registered (``<model_name>-gold``, ``<model_name>-it1``, ...); ``result.json`` and
+    ``report.md`` at the job's root hold the accuracy per iteration on seen and unseen
+    questions."""
+
+    kind: Literal[JobKind.tripost]
+    name: str | None = Field(default=None, max_length=200, description="A label for listings.")
+    iterations: int = Field(
+        default=3, ge=1, le=5, description="Collect -> train -> evaluate rounds."
+    )
+    base_model: NonEmptyStr = Field(
+        default="smollm2-135m-instruct",
+        description="A model folder, a models-cache name or a registered model, on the worker.",
+    )
+    model_name: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,55}$",
+        description="Prefix of the registered models' names (default: tripost-<job id>).",
+    )
+    gold_sft: bool = Field(
+        default=True,
+        description="Stage 0: fine-tune on the training questions' gold rationales first (the "
+        "first iteration then starts from that model).",
+    )
+    eval_base: bool = Field(default=True, description="Evaluate the base model first.")
+    dev_fraction: float = Field(
+        default=0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Share of each training's rows held out (seeded) for its eval loss; 0 = "
+        "no eval loss.",
+    )
+    collect: TripostCollectOptions = Field(default_factory=TripostCollectOptions)
+    train: TripostTrainOptions = Field(default_factory=TripostTrainOptions)
+    eval: TripostEvalOptions = Field(default_factory=TripostEvalOptions)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        for field in ("verifier", "improver"):
+            _check_scripted(self.task, f"collect.{field}", getattr(self.collect, field))
+        return self
+
+    def eval_tasks(self) -> list[str]:
+        return list(self.eval.tasks or seen_and_unseen(self.task))
+
+    def eval_seed(self) -> int:
+        return self.seed + 1 if self.eval.seed is None else self.eval.seed
+
+    def model_prefix(self, job_id: str) -> str:
+        return self.model_name or f"tripost-{job_id}"[:56]
+
+    def model_for(self, tag: str | None, job_id: str) -> str:
+        """The registered name of the model of ``tag`` ("gold", "it2"), or the base model."""
+        return self.base_model if tag is None else f"{self.model_prefix(job_id)}-{tag}"
+
+    def stages(self) -> list[JobStage]:
+        stages: list[JobStage] = []
+        if self.eval_base:
+            stages.append(JobStage(JobKind.tripost_eval, "tripost_eval-base", "base", None, 0))
+        current: str | None = None
+        if self.gold_sft:
+            stages.append(
+                JobStage(JobKind.train_tripost, "train_tripost-gold", "gold", None, 0, "gold")
+            )
+            stages.append(JobStage(JobKind.tripost_eval, "tripost_eval-gold", "gold", "gold", 0))
+            current = "gold"
+        for i in range(1, self.iterations + 1):
+            label = f"iteration {i}"
+            stages += [
+                JobStage(JobKind.tripost_collect, f"tripost_collect-{i}", label, current, i),
+                JobStage(JobKind.train_tripost, f"train_tripost-{i}", label, current, i, f"it{i}"),
+                JobStage(JobKind.tripost_eval, f"tripost_eval-{i}", label, f"it{i}", i),
+            ]
+            current = f"it{i}"
+        return stages
+
+
+@dataclass(frozen=True)
+class JobStage:
+    """One stage of a job: its kind, its folder under the job's folder (also its name in
+    the status), and for TriPosT's stages which model it uses."""
+
+    kind: JobKind
+    folder: str
+    label: str | None = None
+    """What the stage is about, for reports: "base", "gold", "iteration 2"."""
+    model: str | None = None
+    """Tag of the model it starts from or evaluates ("gold", "it1"); None = the base model."""
+    iteration: int = 0
+    produces: str | None = None
+    """A training stage: the tag of the model it registers."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -616,15 +915,26 @@ JobSpec = Annotated[
     | SftDataSpec
     | RationalePipelineSpec
     | TrainRationalystSpec
-    | TripostCollectSpec,
+    | TripostCollectSpec
+    | TrainTripostSpec
+    | TripostEvalSpec
+    | TripostSpec,
     Field(discriminator="kind"),
 ]
 
 
 def stage_kinds(kind: JobKind | str) -> list[JobKind]:
-    """The stages a job of this kind runs, in order."""
+    """The stages a job of this kind runs, in order (a ``tripost`` job's depend on its spec:
+    see :func:`job_stages`)."""
     kind = JobKind(kind)
     return list(STAGE_KINDS) if kind is JobKind.rationale_pipeline else [kind]
+
+
+def job_stages(spec: Any) -> list[JobStage]:
+    """The stages a job runs, in order, each with its folder."""
+    if isinstance(spec, TripostSpec):
+        return spec.stages()
+    return [JobStage(kind, kind.value) for kind in stage_kinds(spec.kind)]
 
 
 def named_inputs(spec: Any) -> list[tuple[str, InputSpec]]:
@@ -644,7 +954,7 @@ def named_paths(spec: Any) -> list[tuple[str, list[str]]]:
     """Every list of file-system paths a job spec names, with its field (``input.paths``,
     ``data.train``, ...)."""
     out = [(f"{name}.paths", list(i.paths)) for name, i in named_inputs(spec) if i.paths]
-    if isinstance(spec, TrainRationalystSpec):
+    if isinstance(spec, TrainRationalystSpec | TrainTripostSpec):
         out += [(f"data.{k}", list(v)) for k, v in (("train", spec.data.train),
                                                     ("dev", spec.data.dev)) if v]  # fmt: skip
     return out
@@ -730,6 +1040,11 @@ class TrainingProgress(Strict):
 
 class StageStatus(Strict):
     name: JobKind
+    label: str | None = Field(
+        default=None,
+        description="The stage's folder under the job's, which tells repeated stages apart "
+        "(tripost: `tripost_collect-2`).",
+    )
     state: StageState = StageState.pending
     progress: Progress = Field(default_factory=Progress)
     counts: RecordCounts = Field(default_factory=RecordCounts)
@@ -744,6 +1059,9 @@ class StageStatus(Strict):
         "found (extract: the mode used and the probe that chose it, boundaries asked and "
         "skipped, rationales dropped by reason, warnings; filter: splits and score "
         "differences). The full summary is the stage's summary.json artifact.",
+    )
+    result: dict[str, Any] | None = Field(
+        default=None, description="Headline results of a finished stage (tripost_eval: accuracy)."
     )
 
 
@@ -783,6 +1101,10 @@ class JobStatus(Strict):
         default_factory=list, description="Final outputs (GET .../artifacts lists all files)."
     )
     spec: dict[str, Any] | None = None
+    result: dict[str, Any] | None = Field(
+        default=None,
+        description="A tripost job: accuracy per iteration so far (also its result.json).",
+    )
 
 
 class JobList(Strict):

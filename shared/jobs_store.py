@@ -43,6 +43,7 @@ from shared.job_schemas import (
     ArtifactInfo,
     JobKind,
     JobSpec,
+    JobStage,
     JobState,
     JobStatus,
     Progress,
@@ -53,6 +54,9 @@ from shared.job_schemas import (
     Timings,
     TrainingProgress,
     TrainRationalystSpec,
+    TrainTripostSpec,
+    TripostSpec,
+    job_stages,
     named_file_ids,
     named_paths,
     stage_kinds,
@@ -131,8 +135,44 @@ def job_dir(root: Path, job_id: str) -> Path:
     return root / check_job_id(job_id)
 
 
+STAGE_FOLDER_RE = re.compile(r"^[a-z0-9_]+(-[a-z0-9]+)?$")
+"""A stage's folder: its kind, and for a repeated stage a tag (``tripost_collect-2``)."""
+
+
 def stage_dir(root: Path, job_id: str, stage: JobKind | str) -> Path:
-    return job_dir(root, job_id) / str(JobKind(stage).value)
+    """The folder of a stage of a job: a kind, or a stage's folder name."""
+    folder = stage.value if isinstance(stage, JobKind) else str(stage)
+    if not STAGE_FOLDER_RE.match(folder):
+        raise ValueError(f"invalid stage folder {folder!r}")
+    return job_dir(root, job_id) / folder
+
+
+def tripost_samples_file(root: Path, job_id: str, spec: Any, path: str | None) -> Path:
+    """Where a finished tripost_collect or tripost job (its validated ``spec``) keeps the
+    samples to train on: ``path`` inside its folder, or its (last) collection's output."""
+    if path is None:
+        folders = [s.folder for s in job_stages(spec) if s.kind is JobKind.tripost_collect]
+        path = f"{folders[-1] if folders else JobKind.tripost_collect.value}/output.jsonl"
+    return job_dir(root, job_id) / path
+
+
+def parse_spec(raw: str | None) -> Any:
+    """A stored spec (JSON) validated, or None when it is missing or no longer valid."""
+    if not raw:
+        return None
+    try:
+        return JOB_SPEC_ADAPTER.validate_json(raw)
+    except ValidationError:
+        return None
+
+
+def stages_of(kind: JobKind | str, spec: Any) -> list[JobStage]:
+    """The stages of a job from its validated spec, or from its kind alone."""
+    if spec is not None:
+        return job_stages(spec)
+    if JobKind(kind) is JobKind.tripost:  # an invalid spec: its stages cannot be named
+        return [JobStage(JobKind.tripost, JobKind.tripost.value)]
+    return [JobStage(k, k.value) for k in stage_kinds(kind)]
 
 
 def check_job_id(job_id: str) -> str:
@@ -323,8 +363,12 @@ class JobStore:
         await asyncio.to_thread(self.check_inputs, spec)
         if isinstance(spec, TrainRationalystSpec):
             await self.check_training_spec(spec)
+        if isinstance(spec, TrainTripostSpec):
+            await self.check_tripost_training_spec(spec)
+        if isinstance(spec, TripostSpec):
+            self.check_tripost_names(spec, job_id)
         now = time.time()
-        stages = stage_kinds(spec.kind)
+        stages = job_stages(spec)
         fields = {
             "id": job_id,
             "kind": str(spec.kind.value),
@@ -396,6 +440,49 @@ class JobStore:
                 f"job {source.id} produced no training rows ({train} is missing or empty)",
                 field="data.job",
             )
+
+    async def check_tripost_training_spec(self, spec: TrainTripostSpec) -> None:
+        """As :meth:`check_training_spec`, for TriPosT samples: a data job must be a succeeded
+        tripost_collect or tripost job whose samples file has rows."""
+        if spec.model_name and ModelRegistry(self.artifacts_dir).find(spec.model_name):
+            raise InvalidRequest(
+                f"model name {spec.model_name!r} is already registered", field="model_name"
+            )
+        if spec.data.job is None:
+            return
+        try:
+            source = await self.get(spec.data.job)
+        except NotFound:
+            raise InvalidRequest(f"no job {spec.data.job!r}", field="data.job") from None
+        if source.kind not in (JobKind.tripost_collect, JobKind.tripost):
+            raise InvalidRequest(
+                f"job {source.id} is a {source.kind.value} job; TriPosT samples come from a "
+                "tripost_collect or tripost job",
+                field="data.job",
+            )
+        if source.state is not JobState.succeeded:
+            raise InvalidRequest(
+                f"job {source.id} has not succeeded (it is {source.state.value})",
+                field="data.job",
+            )
+        source_spec = JOB_SPEC_ADAPTER.validate_python(source.spec)
+        rows = tripost_samples_file(self.artifacts_dir, source.id, source_spec, spec.data.path)
+        if not rows.is_file() or rows.stat().st_size == 0:
+            raise InvalidRequest(
+                f"job {source.id} has no samples at {rows}",
+                field="data.path" if spec.data.path else "data.job",
+            )
+
+    def check_tripost_names(self, spec: TripostSpec, job_id: str) -> None:
+        """Reject at submit a tripost job whose models' names are already registered."""
+        registry = ModelRegistry(self.artifacts_dir)
+        for stage in spec.stages():
+            name = spec.model_for(stage.produces, job_id) if stage.produces else None
+            if name and registry.find(name):
+                raise InvalidRequest(
+                    f"model name {name!r} is already registered; choose another model_name",
+                    field="model_name",
+                )
 
     async def get(self, job_id: str) -> JobStatus:
         check_job_id(job_id)
@@ -601,14 +688,15 @@ class JobStore:
             spec = json.loads(raw.get("spec", "null"))
         except ValueError:
             spec = None
-        names = stage_kinds(kind)
+        names = stages_of(kind, parse_spec(raw.get("spec")))
         stages: list[StageStatus] = []
-        for k, name in enumerate(names):
+        for k, stage in enumerate(names):
             p = f"s{k}:"
             stage_state = raw.get(p + "state", StageState.pending.value)
             stages.append(
                 StageStatus(
-                    name=name,
+                    name=stage.kind,
+                    label=stage.folder,
                     state=StageState(stage_state),
                     progress=Progress(
                         shards_done=_num(raw.get(p + "shards_done")) or 0,
@@ -628,7 +716,8 @@ class JobStore:
                     busy_s=_num(raw.get(p + "busy_s"), float) or 0.0,
                     shards_running=sum(1 for key in running if key.startswith(f"{k}:")),
                     training=_training(raw.get(p + "training")),
-                    report=_report(raw.get(p + "report")),
+                    report=_json_object(raw.get(p + "report")),
+                    result=_json_object(raw.get(p + "result")),
                 )
             )
         index = min(int(raw.get("stage_index", "0")), len(stages) - 1)
@@ -666,6 +755,7 @@ class JobStore:
             artifacts_dir=str(job_dir(self.artifacts_dir, job_id)),
             artifacts=list_artifacts(self.artifacts_dir, job_id, include_shards=False),
             spec=spec,
+            result=_json_object(raw.get("result")),
         )
 
 
@@ -683,7 +773,7 @@ def _training(raw: str | None) -> TrainingProgress | None:
         return None
 
 
-def _report(raw: str | None) -> dict[str, Any] | None:
+def _json_object(raw: str | None) -> dict[str, Any] | None:
     if not raw:
         return None
     try:

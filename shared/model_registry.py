@@ -38,8 +38,10 @@ class RegisteredModel(Strict):
     name: str = Field(pattern=MODEL_NAME_PATTERN, description="Registry name.")
     path: str = Field(description="The Hugging Face model folder (on the shared volume).")
     base_model: str = Field(description="The model it was fine-tuned from.")
-    kind: Literal["rationalyst"] = Field(
-        default="rationalyst", description="What it was trained to do."
+    kind: Literal["rationalyst", "tripost"] = Field(
+        default="rationalyst",
+        description="What it was trained to do: write rationales (train_rationalyst), or "
+        "attempt, judge and update its own answers in TriPosT's format (train_tripost).",
     )
     method: Literal["full", "lora"] = Field(description="Full fine-tune or LoRA (merged).")
     job_id: str | None = Field(default=None, description="The training job that made it.")

@@ -100,6 +100,25 @@ class ChatCompletionResponse(Lenient):
         return self.choices[0].message.text()
 
 
+class CompletionChoice(Lenient):
+    index: int = 0
+    text: str = ""
+    finish_reason: str | None = None
+
+
+class CompletionResponse(Lenient):
+    """An OpenAI text completion as a client reads it (any OpenAI-compatible server)."""
+
+    id: str = ""
+    model: str | None = None
+    choices: list[CompletionChoice] = Field(min_length=1)
+    usage: Usage | None = None
+
+    def text(self) -> str:
+        """The first choice's text."""
+        return self.choices[0].text
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"

@@ -146,8 +146,8 @@ def submit(
     kind: Annotated[
         str | None,
         typer.Option(
-            help="prefilter, extract, filter, sft_data, rationale_pipeline, train_rationalyst "
-            "or tripost_collect."
+            help="prefilter, extract, filter, sft_data, rationale_pipeline, train_rationalyst, "
+            "tripost_collect, train_tripost, tripost_eval or tripost."
         ),
     ] = None,
     input_paths: Annotated[
@@ -216,6 +216,25 @@ def _report_lines(stage: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _result_lines(result: dict[str, Any] | None) -> list[str]:
+    """A tripost job's accuracy per evaluation: first attempt -> final answer, per task."""
+    lines = []
+    for entry in (result or {}).get("accuracy", []):
+        cells = []
+        for task, c in entry.get("tasks", {}).items():
+            first, final = c.get("first_accuracy"), c.get("accuracy")
+            if final is None:
+                continue
+            low, high = c.get("ci", [0.0, 1.0])
+            first_text = "–" if first is None else f"{100 * first:.0f}%"
+            cells.append(
+                f"{task} {first_text} -> {100 * final:.0f}% "
+                f"[{100 * low:.0f}, {100 * high:.0f}] (n={c.get('n')})"
+            )
+        lines.append(f"  {entry.get('label')}: " + "; ".join(cells))
+    return lines
+
+
 @jobs_app.command("watch")
 def watch(
     job_id: Annotated[str, typer.Argument(help="Job id.")],
@@ -242,14 +261,17 @@ def watch(
             status = _call(gateway, api_key, "GET", f"/v1/jobs/{job_id}").json()
             for st in status["stages"]:
                 completed, total, detail = _stage_line(st)
-                if st["name"] not in bars:
-                    bars[st["name"]] = progress.add_task(st["name"], total=None, detail=detail)
-                progress.update(bars[st["name"]], completed=completed, total=total, detail=detail)
+                name = st.get("label") or st["name"]  # repeated stages differ by folder
+                if name not in bars:
+                    bars[name] = progress.add_task(name, total=None, detail=detail)
+                progress.update(bars[name], completed=completed, total=total, detail=detail)
             if status["state"] in ("succeeded", "failed", "cancelled"):
                 break
             time.sleep(interval)
     color = {"succeeded": "green", "failed": "red"}.get(status["state"], "yellow")
     console.print(f"job {job_id}: [{color}]{status['state']}[/{color}]")
+    for line in _result_lines(status.get("result")):
+        console.print(line)
     if status.get("error"):
         console.print(f"[red]{status['error']}[/red]")
     for err in status.get("errors", [])[:5]:

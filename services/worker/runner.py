@@ -45,21 +45,17 @@ from services.worker.inputs import (
 from services.worker.inputs import plan as plan_inputs
 from services.worker.runtime import WorkerRuntime
 from services.worker.stages import build_stage
-from services.worker.stages.base import JobStopped, StageContext
-from services.worker.stages.train import training_input
-from services.worker.stages.tripost import tripost_input
+from services.worker.stages.base import JobStopped, Stage, StageContext
 from shared.job_schemas import (
     InputFormat,
     InputSpec,
-    JobKind,
+    JobStage,
     JobState,
     RecordError,
     StageState,
-    TrainRationalystSpec,
-    TripostCollectSpec,
-    stage_kinds,
+    job_stages,
 )
-from shared.jobs_store import KEY_PREFIX, job_dir
+from shared.jobs_store import KEY_PREFIX, job_dir, parse_spec, stage_dir, stages_of
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +83,8 @@ class JobRunner:
         if not await self.active(job_id):
             raise JobStopped(job_id)
 
-    def paths(self, job_id: str, kind: JobKind) -> StagePaths:
-        return StagePaths.of(self.root, job_id, kind)
+    def paths(self, job_id: str, stage: JobStage) -> StagePaths:
+        return StagePaths(stage_dir(self.root, job_id, stage.folder))
 
     def load_plan(self, paths: StagePaths) -> dict[str, Any]:
         """A stage's plan (written once, never changed), cached for the last few stages."""
@@ -98,26 +94,31 @@ class JobRunner:
             self._plans[paths.plan] = read_json(paths.plan)
         return self._plans[paths.plan]
 
-    def stage_input(self, job_id: str, spec: Any, k: int, kinds: list[JobKind]) -> InputSpec:
-        """Stage 0 reads the job's input (a training job's rows, a TriPosT job's questions);
-        a later stage reads the previous one's output."""
-        if k == 0 and isinstance(spec, TrainRationalystSpec):
-            return training_input(spec, self.root)
-        if k == 0 and isinstance(spec, TripostCollectSpec):
-            return tripost_input(spec, self.root, job_id)
+    def stage_input(
+        self, job_id: str, spec: Any, k: int, stages: list[JobStage], stage: Stage
+    ) -> InputSpec:
+        """What the stage says it reads (a training job's rows, TriPosT's questions, written
+        by the stage when it is planned); else stage 0 reads the job's input and a later stage
+        the previous one's output."""
+        planned = stage.planned_input(self.root, job_id)
+        if planned is not None:
+            return planned
         if k == 0:
             result: InputSpec = spec.input
             return result
-        previous = self.paths(job_id, kinds[k - 1])
+        previous = self.paths(job_id, stages[k - 1])
         return InputSpec(
             paths=[str(previous.stream("output"))], format=InputFormat.jsonl, text_field="text"
         )
 
-    def input_access(self, spec: Any, k: int) -> InputAccess:
+    def input_access(self, spec: Any, k: int, stage: Stage | None = None) -> InputAccess:
         """What stage k may read: the job's own inputs (inside the data roots, or uploaded)
         for stage 0; files under the artifacts root where the worker chose them (a later
-        stage's input, a training job's ``data.job``)."""
-        if k > 0 or (isinstance(spec, TrainRationalystSpec) and spec.data.job is not None):
+        stage's input, files a stage wrote when it was planned, a training job's
+        ``data.job``)."""
+        if stage is None:
+            stage = build_stage(spec, job_stages(spec)[k])
+        if k > 0 or stage.input_under_artifacts:
             return InputAccess.under(self.root)
         return InputAccess.of_jobs(self.rt.settings)
 
@@ -141,12 +142,12 @@ class JobRunner:
 
     async def plan_stage(self, job_id: str, k: int) -> str:
         spec = await self.store.spec(job_id)  # validated first
-        kinds = stage_kinds(spec.kind)
+        stages = job_stages(spec)
         if not await self.active(job_id):
             await self.stopped(job_id)
             return "job not active"
-        kind = kinds[k]
-        paths = self.paths(job_id, kind)
+        kind = stages[k].kind
+        paths = self.paths(job_id, stages[k])
         folder = job_dir(self.root, job_id)
         if k == 0 and not (folder / "job.json").exists():
             raw = await self.store.raw(job_id)
@@ -155,27 +156,31 @@ class JobRunner:
                 write_json, folder / "job.json", {key: raw.get(key, "") for key in keep}
             )
         if paths.done.exists():
-            await self.after_stage(job_id, k, kinds)
+            await self.after_stage(job_id, k, stages)
             return "stage already done"
         await self.store.stage_started(job_id, k, kind)
         if paths.plan.exists():
             plan = self.load_plan(paths)
         else:
-            input_spec = await asyncio.to_thread(self.stage_input, job_id, spec, k, kinds)
-            stage = build_stage(spec, kind)
+            stage = build_stage(spec, stages[k], job_id)
+            input_spec = await asyncio.to_thread(self.stage_input, job_id, spec, k, stages, stage)
             if stage.single_shard:
                 shard_size = SINGLE_SHARD
             else:
-                shard_size = getattr(spec, "shard_size", None) or self.rt.settings.shard_size
+                shard_size = (
+                    getattr(stage.options, "shard_size", None)
+                    or getattr(spec, "shard_size", None)
+                    or self.rt.settings.shard_size
+                )
             limit = getattr(spec, "limit", None) if k == 0 else None
-            access = self.input_access(spec, k)
+            access = self.input_access(spec, k, stage)
             p = await asyncio.to_thread(plan_inputs, input_spec, shard_size, access, limit=limit)
             if stage.single_shard and not p.records_total:
                 raise InputError(f"no {kind.value} rows in {input_spec.describe()}")
             extras = await stage.prepare(self.rt) if p.records_total else {}
             plan = {
                 "job_id": job_id,
-                "stage": kind.value,
+                "stage": stages[k].folder,
                 "input": input_spec.model_dump(mode="json"),
                 **plan_to_json(p, shard_size),
                 "extras": extras,
@@ -186,7 +191,7 @@ class JobRunner:
             logger.info(
                 "job %s stage %s planned: %d records in %d shards",
                 job_id,
-                kind.value,
+                stages[k].folder,
                 p.records_total,
                 len(p.shards),
             )
@@ -218,12 +223,11 @@ class JobRunner:
 
     async def run_shard(self, job_id: str, k: int, shard: int, attempt: int) -> str:
         spec = await self.store.spec(job_id)  # validated first
-        kinds = stage_kinds(spec.kind)
-        kind = kinds[k]
+        stages = job_stages(spec)
         if not await self.active(job_id):
             await self.stopped(job_id)
             return "job not active"
-        paths = self.paths(job_id, kind)
+        paths = self.paths(job_id, stages[k])
         plan = self.load_plan(paths)
         n = len(plan["shards"])
         if not 0 <= shard < n:
@@ -234,7 +238,7 @@ class JobRunner:
         if attempt > self.rt.settings.max_shard_attempts:
             await self.give_up(job_id, k, f"shard {shard}", attempt)
             return "failed"
-        stage = build_stage(spec, kind)
+        stage = build_stage(spec, stages[k], job_id)
         input_spec = InputSpec.model_validate(plan["input"])
         segments = shards_from_json({"shards": [plan["shards"][shard]]})[0]
         ctx = StageContext(
@@ -245,6 +249,7 @@ class JobRunner:
             input=input_spec,
             extras=plan.get("extras", {}),
             check_active=lambda: self.check_active(job_id),
+            folder=paths.root,
         )
         await self.store.mark_running(job_id, k, shard, self.rt.name)
         try:
@@ -254,7 +259,7 @@ class JobRunner:
                 segments,
                 input_spec,
                 shard * int(plan["shard_size"]),
-                self.input_access(spec, k),
+                self.input_access(spec, k, stage),
             )
             result = await stage.process(records, ctx)
             await self.check_active(job_id)
@@ -275,7 +280,7 @@ class JobRunner:
         logger.info(
             "job %s %s shard %d/%d done in %.2fs: %s",
             job_id,
-            kind.value,
+            stages[k].folder,
             shard + 1,
             n,
             busy,
@@ -308,8 +313,7 @@ class JobRunner:
         True when it may be tried again, False when the job was failed with the reason."""
         reason = f"{type(exc).__name__}: {exc}"
         await self.store.update(job_id, {self.error_field(k, what): reason})
-        kinds = stage_kinds((await self.store.raw(job_id)).get("kind", "prefilter"))
-        stage = kinds[k].value if k < len(kinds) else str(k)
+        stage = await self.stage_name(job_id, k)
         shard = int(what.split()[1]) if what.startswith("shard ") else None
         error = RecordError(
             stage=stage,
@@ -330,25 +334,29 @@ class JobRunner:
         """Fail the job: a step was attempted too often (its worker died on the last try)."""
         last = await self.store.redis.hget(self.store.job_key(job_id), self.error_field(k, what))
         why = last.decode() if last else "its worker stopped while running it (killed or lost)"
-        raw = await self.store.raw(job_id)
-        kinds = stage_kinds(raw.get("kind", "prefilter"))
-        stage = kinds[k].value if k < len(kinds) else str(k)
+        stage = await self.stage_name(job_id, k)
         await self.fail(
             job_id, f"{stage} {what} failed after {attempt - 1} attempts: {why}", stage=k
         )
+
+    async def stage_name(self, job_id: str, k: int) -> str:
+        """Stage k's folder, for messages (its number when the job's spec is unreadable)."""
+        raw = await self.store.raw(job_id)
+        stages = stages_of(raw.get("kind", "prefilter"), parse_spec(raw.get("spec")))
+        return stages[k].folder if k < len(stages) else str(k)
 
     # -- finish --------------------------------------------------------------------------
 
     async def finish_stage(self, job_id: str, k: int) -> str:
         spec = await self.store.spec(job_id)  # validated first
-        kinds = stage_kinds(spec.kind)
-        kind = kinds[k]
+        stages = job_stages(spec)
+        kind = stages[k].kind
         if not await self.active(job_id):
             await self.stopped(job_id)
             return "job not active"
-        paths = self.paths(job_id, kind)
+        paths = self.paths(job_id, stages[k])
         if paths.done.exists():
-            await self.after_stage(job_id, k, kinds)
+            await self.after_stage(job_id, k, stages)
             return "stage already done"
         plan = self.load_plan(paths)
         n = len(plan["shards"])
@@ -358,8 +366,11 @@ class JobRunner:
                 await self.store.enqueue_shard(job_id, k, i, kind=kind)
             return f"{len(missing)} shards not on disk; queued again"
         stats = [read_json(paths.shard_done(i)) for i in range(n)]
-        stage = build_stage(spec, kind)
+        stage = build_stage(spec, stages[k], job_id)
         extra = await asyncio.to_thread(stage.finish, paths, n, stats)
+        results: dict[str, Any] = {
+            key: extra.pop(key) for key in ("result", "job_result") if key in extra
+        }
         counts = {key: sum(int(s["counts"].get(key, 0)) for s in stats) for key in COUNT_KEYS}
         reasons: dict[str, int] = {}
         for s in stats:
@@ -368,7 +379,7 @@ class JobRunner:
         extras = {key: v for key, v in plan.get("extras", {}).items() if key != "centroid"}
         summary = {
             "job_id": job_id,
-            "stage": kind.value,
+            "stage": stages[k].folder,
             "records_total": plan["records_total"],
             "shards": n,
             "counts": counts,
@@ -381,30 +392,37 @@ class JobRunner:
             **extras,
             **extra,
         }
-        await asyncio.to_thread(write_json, paths.summary, summary)
-        done = {
+        await asyncio.to_thread(write_json, paths.summary, {**summary, **results})
+        done: dict[str, Any] = {
             "finished_at": time.time(),
             "counts": counts,
             "shards": n,
             "report": stage.report(summary),
+            **results,
         }
         await asyncio.to_thread(write_json, paths.done, done)
         await asyncio.to_thread(remove_temporaries, paths.root)
         await asyncio.to_thread(remove_temporaries, paths.shards)
-        logger.info("job %s stage %s finished: %s", job_id, kind.value, counts)
-        await self.after_stage(job_id, k, kinds)
+        logger.info("job %s stage %s finished: %s", job_id, stages[k].folder, counts)
+        await self.after_stage(job_id, k, stages)
         return "finished"
 
-    async def after_stage(self, job_id: str, k: int, kinds: list[JobKind]) -> None:
-        """Publish the stage's final counts (from disk) and move on."""
-        paths = self.paths(job_id, kinds[k])
+    async def after_stage(self, job_id: str, k: int, stages: list[JobStage]) -> None:
+        """Publish the stage's final counts and results (from disk) and move on."""
+        paths = self.paths(job_id, stages[k])
         done = read_json(paths.done)
         counts = done.get("counts", {})
         plan = self.load_plan(paths)
         p = f"s{k}:"
+        results: dict[str, str] = {}
+        if "result" in done:
+            results[p + "result"] = json.dumps(done["result"])
+        if "job_result" in done:
+            results["result"] = json.dumps(done["job_result"])
         await self.store.update(
             job_id,
             {
+                **results,
                 p + "state": StageState.succeeded.value,
                 p + "finished_at": repr(done.get("finished_at", time.time())),
                 p + "shards_total": done.get("shards", 0),
@@ -416,7 +434,7 @@ class JobRunner:
                 p + "report": json.dumps(done.get("report", {}), separators=(",", ":")),
             },
         )
-        if k + 1 < len(kinds):
+        if k + 1 < len(stages):
             await self.store.set_if_active(job_id, {"stage_index": k + 1})
             await self.store.enqueue_plan(job_id, k + 1)
             return
@@ -452,14 +470,14 @@ class JobRunner:
                 if state_file.is_file():
                     restored += await self.store.restore(read_json(state_file), created)
                     continue
-                kinds = stage_kinds(fields["kind"])
+                stages = stages_of(fields["kind"], parse_spec(fields.get("spec")))
                 first = next(
                     (
                         i
-                        for i, kind in enumerate(kinds)
-                        if not self.paths(job_id, kind).done.exists()
+                        for i, stage in enumerate(stages)
+                        if not self.paths(job_id, stage).done.exists()
                     ),
-                    len(kinds) - 1,
+                    len(stages) - 1,
                 )
                 raw = {
                     **{key: str(v) for key, v in fields.items()},

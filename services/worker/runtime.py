@@ -9,6 +9,7 @@ import socket
 from dataclasses import dataclass, field
 
 from services.worker.embeddings import EmbedderCache
+from services.worker.local_models import LocalModels
 from services.worker.settings import WorkerSettings
 from shared.clients import ModelServiceClient
 from shared.jobs_store import JobStore
@@ -23,6 +24,8 @@ class WorkerRuntime:
     agent: ModelServiceClient
     scorer: ModelServiceClient
     embedders: EmbedderCache
+    local_models: LocalModels
+    """Model services on models a job trains, started by this worker."""
     name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     @classmethod
@@ -44,8 +47,10 @@ class WorkerRuntime:
             agent=client("agent", settings.agent_url),
             scorer=client("scorer", settings.scorer_url),
             embedders=EmbedderCache(settings.embedding_device),
+            local_models=LocalModels(settings),
         )
 
     async def aclose(self) -> None:
+        await self.local_models.aclose()
         await self.agent.aclose()
         await self.scorer.aclose()

@@ -52,8 +52,8 @@ class WorkerSettings(CommonSettings, JobStoreSettings):
     train_timeout_s: float = Field(
         default=7 * 24 * 3600.0,
         gt=0,
-        description="A training run (the one shard of a train_rationalyst job) running longer "
-        "than this is cancelled.",
+        description="A training run (the one shard of a train_rationalyst or train_tripost "
+        "stage) running longer than this is cancelled.",
     )
     train_threads: int | None = Field(
         default=None,
@@ -83,6 +83,15 @@ class WorkerSettings(CommonSettings, JobStoreSettings):
     )
     poll_delay_s: float = Field(
         default=0.5, gt=0, description="How often an idle worker looks for shards."
+    )
+    local_engine: str | None = Field(
+        default=None,
+        description="Engine of the model services the worker starts itself for models a job "
+        "trains (TriPosT's attempts and evaluations): transformers or vllm; default: the model "
+        "service's.",
+    )
+    local_ready_timeout_s: float = Field(
+        default=600.0, gt=0, description="How long such a service may take to load its model."
     )
     recover_on_start: bool = Field(
         default=True,

@@ -52,7 +52,7 @@ PERMANENT_ERRORS: tuple[type[Exception], ...] = (
 
 class StageArgs(BaseModel):
     job_id: str = Field(pattern=JOB_ID_PATTERN)
-    stage: int = Field(ge=0, le=16)
+    stage: int = Field(ge=0, le=63)
 
 
 class ShardArgs(StageArgs):

@@ -21,15 +21,14 @@ Feedback: <all correct>``. :func:`rebalance` keeps them in the ratio asked for.
 from __future__ import annotations
 
 import random
-import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.schemas import Demo
-from shared.tasks.base import AnswerKind, TaskItem
-from shared.verify import Step, Verdict, split_steps
+from shared.tasks.base import TaskItem
+from shared.tripost import FEEDBACK, UPDATED, normalize, render
+from shared.verify import Verdict, split_steps
 from shared.verify.verdict import all_correct_feedback
 
 DROP_REASONS: tuple[str, ...] = (
@@ -41,9 +40,6 @@ DROP_REASONS: tuple[str, ...] = (
     "still_wrong",
 )
 SAMPLE_KINDS: tuple[str, ...] = ("improvement", "non_improvement", "gold")
-FEEDBACK = "\nFeedback: "
-_FINAL_RE = re.compile(r"\s*\(final response\)", re.IGNORECASE)
-UPDATED = "\nUpdated Answer: "
 
 ATTEMPT_SYSTEM = (
     "Solve the problem step by step, as in the examples: number the steps (1), (2), ... and "
@@ -96,23 +92,6 @@ class Trajectory:
                 for t in self.turns
             ],
         }
-
-
-def render(steps: Sequence[Step]) -> str:
-    return "\n".join(f"({s.label}) {s.text}" for s in steps)
-
-
-def normalize(text: str) -> str | None:
-    """The answer's labelled steps, one per line, up to and including the first final
-    response (models often go on writing); None without numbered steps or a final response."""
-    lines = text.splitlines()
-    end = next((i for i, line in enumerate(lines) if _FINAL_RE.match(line)), None)
-    if end is None:
-        return None
-    steps = split_steps("\n".join(lines[: end + 1]), strict=False)
-    if len(steps) < 2:
-        return None
-    return render(steps)
 
 
 def _step_text(answer: str, index: int) -> str | None:
@@ -173,19 +152,6 @@ async def collect_trajectory(
 
 # --------------------------------------------------------------------------------------------
 # Prompts
-
-
-def tripost_demo(demo: Demo, kind: AnswerKind) -> tuple[str, str]:
-    """A worked example in TriPosT's format from a RATIONALYST demo (steps, then "The answer
-    is: X"): labelled steps stay as they are, others are numbered; the end step becomes the
-    final response."""
-    *body, end = demo.steps
-    answer = end.split(":", 1)[1].strip() if ":" in end else end
-    labelled = all(split_steps(step, strict=False) for step in body)
-    lines = list(body) if labelled else [f"({i + 1}) {s}" for i, s in enumerate(body)]
-    colon = ":" if kind is AnswerKind.word_list else ""
-    lines.append(f"(Final response) So the answer is{colon} {answer.rstrip('.')}.")
-    return demo.question, "\n".join(lines)
 
 
 def attempt_messages(question: str, demos: Sequence[tuple[str, str]]) -> list[dict[str, str]]:

@@ -146,6 +146,33 @@ def test_reason_stream_sends_one_event_per_step_then_done(client: httpx.Client) 
     assert [d["step"] for e, d in events if e == "step"] == done["steps"]
 
 
+def test_reason_self_improve_answers_with_its_rounds(client: httpx.Client) -> None:
+    """TriPosT's self-improvement on the embedded model: with the task's worked examples it
+    writes numbered steps and judges them itself; each round is in the trace."""
+    body = {
+        "question": "((3 + 4) - (2 * 5)) =",
+        "strategy": "self_improve",
+        "task": "multistep_arithmetic",
+        "max_rounds": 2,
+        "max_round_tokens": 200,
+        "seed": 0,
+    }
+    r = client.post("/v1/reason", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["strategy"] == "self_improve" and out["trace"] == []
+    assert 1 <= len(out["rounds"]) <= 2
+    first = out["rounds"][0]
+    assert first["index"] == 0 and first["answer"].strip()
+    assert first["completion_tokens"] > 0 and first["model_ms"] > 0
+    if first["parsed"]:  # it followed the format: the answer is its steps, judged by itself
+        assert first["answer"].splitlines()[-1].startswith("(Final response)")
+        assert first["feedback_by"] == "self"
+    last = out["rounds"][-1]["answer"]
+    assert out["steps"] == [x.strip() for x in last.splitlines() if x.strip()]
+    assert out["usage"]["agent"]["calls"] >= 1
+
+
 def test_select_ranks_given_candidates(client: httpx.Client) -> None:
     r = client.post(
         "/v1/select",

@@ -74,6 +74,13 @@ def test_up_rationalyst_model_applies_to_that_role_only(monkeypatch, tmp_path) -
     assert model_of(started["scorer"].command) == "/models/base"
 
 
+def test_up_agent_model_applies_to_that_role_only(monkeypatch, tmp_path) -> None:
+    started = run_up(monkeypatch, tmp_path, "--agent-model", "tripost-job-1-it3")
+    assert model_of(started["agent"].command) == "tripost-job-1-it3"
+    assert model_of(started["rationalyst"].command) is None
+    assert model_of(started["scorer"].command) is None
+
+
 def test_up_internal_token_reaches_every_process(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("RATIONALYST_INTERNAL_TOKEN", "tok")
     started = run_up(monkeypatch, tmp_path, "--rationalyst-model", "trained-a")

@@ -27,16 +27,15 @@ from services.worker.tripost import (
     attempt_messages,
     collect_trajectory,
     gold_row,
-    normalize,
     rebalance,
     sample_rows,
-    tripost_demo,
 )
 from shared.clients import ModelServiceClient
 from shared.job_schemas import InputSpec, JobKind, JobSpec
 from shared.schemas import Demo
 from shared.tasks import AnswerKind, get_task
 from shared.tasks.base import TaskItem
+from shared.tripost import normalize, tripost_demo
 from shared.verify import Verdict, scripted_verifier
 
 pytestmark = pytest.mark.unit

@@ -7,7 +7,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from services.worker.evaluation.spec import CompareSpec, EvalSpec, SelectionSpec
-from services.worker.evaluation.stats import CellStats, CompareCellStats, SelectionCellStats
+from services.worker.evaluation.stats import (
+    CellStats,
+    CompareCellStats,
+    SelectionCellStats,
+    SelfImproveCellStats,
+)
 
 BASELINES = ("greedy", "random")
 """Heuristics other rows are compared with, the first present one."""
@@ -51,7 +56,10 @@ def _short(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _overlap(a: CellStats | SelectionCellStats, b: CellStats | SelectionCellStats) -> bool:
+def _overlap(
+    a: CellStats | SelectionCellStats | SelfImproveCellStats,
+    b: CellStats | SelectionCellStats | SelfImproveCellStats,
+) -> bool:
     return a.ci_low <= b.ci_high and b.ci_low <= a.ci_high
 
 
@@ -382,6 +390,79 @@ def compare_report(
         "- Each run's own report, per-item records (scores, rationales) and summary are in "
         "`base/` and `trained/`; the started processes' logs in `logs/`; these numbers in "
         "`compare.json`.",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def self_improve_report(
+    title: str,
+    cells: Sequence[SelfImproveCellStats],
+    *,
+    settings: Sequence[tuple[str, str]],
+    chart: str | None,
+    generated_at: dt.datetime,
+    notes: Sequence[str] = (),
+) -> str:
+    """The Markdown report of self-improvement runs: per task and model, the first attempt's
+    and the final answer's accuracy with their intervals."""
+    parts = [f"# {title}", "", _generated(generated_at, None), "", _settings(settings), ""]
+    parts += ["## Accuracy", ""]
+    header = [
+        "Task", "Model", "n", "First attempt", "95% CI", "Final", "95% CI", "Wrong→right",
+        "Right→wrong", "Rounds", "Said correct", "Unparsed", "Errors",
+    ]  # fmt: skip
+    rows = [
+        [
+            c.task, f"`{c.heuristic}`", str(c.n), _pct(c.first_accuracy),
+            _ci(c.first_ci_low, c.first_ci_high, c.n), _pct(c.accuracy),
+            _ci(c.ci_low, c.ci_high, c.n), str(c.improved), str(c.worsened),
+            _num(c.mean_rounds), str(c.said_correct), str(c.unparsed), str(c.errors),
+        ]
+        for c in cells
+    ]  # fmt: skip
+    parts += [_table(header, rows), ""]
+    if chart:
+        parts += [f"![Final accuracy per task and model]({chart})", ""]
+    parts += ["## Findings", ""]
+    for task in dict.fromkeys(c.task for c in cells):
+        row = [c for c in cells if c.task == task and c.accuracy is not None]
+        if not row:
+            parts.append(f"- **{task}**: no answered questions.")
+            continue
+        first, best = row[0], max(row, key=lambda c: c.accuracy or 0.0)
+        if len(row) == 1:
+            parts.append(f"- **{task}**: `{first.heuristic}` {_pct(first.accuracy)}.")
+        elif best.accuracy == first.accuracy:
+            parts.append(
+                f"- **{task}**: no model beats `{first.heuristic}` ({_pct(first.accuracy)})."
+            )
+        elif _overlap(first, best):
+            parts.append(
+                f"- **{task}**: best `{best.heuristic}` ({_pct(best.accuracy)}) vs "
+                f"`{first.heuristic}` ({_pct(first.accuracy)}), but the intervals overlap: "
+                "not significant at this sample size."
+            )
+        else:
+            parts.append(
+                f"- **{task}**: `{best.heuristic}` ({_pct(best.accuracy)}) is above "
+                f"`{first.heuristic}` ({_pct(first.accuracy)}); the intervals do not overlap."
+            )
+    parts += [*notes, ""] if notes else []
+    parts += [
+        "",
+        "## How to read this report",
+        "",
+        "- **First attempt**: the model's first answer; **Final**: its answer when its own "
+        "feedback said the final response is correct, or after the most rounds. Both are "
+        "checked against the gold answer (exact match of the stated answer).",
+        "- **95% CI**: Wilson score intervals; differences inside them are not evidence.",
+        "- **Wrong→right** / **Right→wrong**: questions self-improvement fixed / broke. "
+        "**Rounds**: mean answers written per question. **Said correct**: questions whose last "
+        "feedback said the final response is correct. **Unparsed**: final answers stating no "
+        "readable answer.",
+        "- Each question, with every round (answer, feedback, update), is a line of the "
+        "stages' `output.jsonl`.",
         "",
     ]
     return "\n".join(parts)

@@ -304,3 +304,78 @@ def compare_cell(
         difference=paired_difference(base, trained, resamples=resamples, seed=seed),
         unpaired=unpaired,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Self-improvement (TriPosT): a model's first attempt and its final answer on the same items
+
+
+class SelfImproveCellStats(BaseModel):
+    """One (task, model) cell of a self-improvement evaluation.
+
+    ``heuristic`` holds the model's label ("base", "gold", "iteration 1") so that the cells
+    draw with :func:`~services.worker.evaluation.chart.accuracy_chart` like any run's."""
+
+    task: str
+    heuristic: str
+    n: int
+    correct: int
+    accuracy: float | None
+    """Of the final answer (after self-improvement)."""
+    ci_low: float
+    ci_high: float
+    first_correct: int
+    first_accuracy: float | None
+    """Of the first attempt."""
+    first_ci_low: float
+    first_ci_high: float
+    improved: int
+    """Items whose first attempt was wrong and final answer right."""
+    worsened: int
+    """Items whose first attempt was right and final answer wrong."""
+    mean_rounds: float | None
+    said_correct: int
+    """Items whose last feedback said the final response is correct."""
+    unparsed: int
+    """Items whose final answer states no answer that can be read."""
+    errors: int
+
+
+def self_improve_cells(
+    records: Sequence[dict[str, Any]], tasks: Sequence[str], labels: Sequence[str]
+) -> list[SelfImproveCellStats]:
+    """One cell per task x label, in the given orders; records carry ``task``, ``label``,
+    ``first_correct``, ``correct``, ``rounds`` (a count), ``said_correct``, ``parsed`` and
+    ``error``."""
+    cells = []
+    for task in tasks:
+        for label in labels:
+            rows = [r for r in records if r["task"] == task and r["label"] == label]
+            ok = [r for r in rows if not r.get("error")]
+            n = len(ok)
+            correct = sum(1 for r in ok if r["correct"])
+            first = sum(1 for r in ok if r["first_correct"])
+            low, high = wilson_interval(correct, n)
+            f_low, f_high = wilson_interval(first, n)
+            cells.append(
+                SelfImproveCellStats(
+                    task=task,
+                    heuristic=label,
+                    n=n,
+                    correct=correct,
+                    accuracy=correct / n if n else None,
+                    ci_low=low,
+                    ci_high=high,
+                    first_correct=first,
+                    first_accuracy=first / n if n else None,
+                    first_ci_low=f_low,
+                    first_ci_high=f_high,
+                    improved=sum(1 for r in ok if r["correct"] and not r["first_correct"]),
+                    worsened=sum(1 for r in ok if r["first_correct"] and not r["correct"]),
+                    mean_rounds=mean(r.get("rounds") for r in ok),
+                    said_correct=sum(1 for r in ok if r.get("said_correct")),
+                    unparsed=sum(1 for r in ok if not r.get("parsed")),
+                    errors=len(rows) - n,
+                )
+            )
+    return cells

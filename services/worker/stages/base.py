@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
@@ -21,7 +22,7 @@ from pydantic import BaseModel
 from services.worker.artifacts import StagePaths, atomic_open, iter_jsonl
 from services.worker.inputs import RawRecord
 from shared.errors import ServiceUnavailable, UpstreamTimeout
-from shared.job_schemas import InputSpec, JobKind, RecordError
+from shared.job_schemas import InputSpec, JobKind, JobStage, RecordError
 
 if TYPE_CHECKING:
     from services.worker.runtime import WorkerRuntime
@@ -53,6 +54,8 @@ class StageContext:
     """Computed once when the stage was planned (e.g. the prefilter's centroid)."""
     check_active: Callable[[], Awaitable[None]]
     """Raises :class:`JobStopped` once the job is no longer running."""
+    folder: Path | None = None
+    """The stage's folder (``<artifacts>/<job id>/<stage folder>``)."""
 
 
 @dataclass
@@ -199,8 +202,25 @@ class Stage(ABC):
     single_shard: bool = False
     """All records in one shard (training), and a stage without records fails the job."""
 
-    def __init__(self, options: BaseModel) -> None:
+    def __init__(
+        self, options: BaseModel, stage: JobStage | None = None, job_spec: Any = None
+    ) -> None:
+        """``stage``: where the stage sits in its job (its folder; for TriPosT's stages the
+        model it uses); ``job_spec``: the whole job's spec."""
         self.options = options
+        self.stage = stage or JobStage(self.kind, self.kind.value)
+        self.job_spec = job_spec
+
+    @property
+    def input_under_artifacts(self) -> bool:
+        """Stage 0 reads files under the artifacts root that the worker chose (files it wrote
+        when planning, a data job's), not the job's input inside the data roots."""
+        return False
+
+    def planned_input(self, artifacts_dir: Path, job_id: str) -> InputSpec | None:
+        """The stage's input when it chooses it itself (writing it when planned, the same
+        file every time); None: the job's input, or the previous stage's output."""
+        return None
 
     async def prepare(self, runtime: WorkerRuntime) -> dict[str, Any]:
         """Computed once per stage when it is planned; every shard gets it as ``extras``."""

@@ -1,4 +1,5 @@
-"""The ``train_rationalyst`` stage: one shard that runs a training child process.
+"""The ``train_rationalyst`` and ``train_tripost`` stages: one shard that runs a training child
+process.
 
 The shard writes ``request.json`` and starts ``python -m services.worker.training`` (see
 :mod:`services.worker.training.run`); while the child runs, the shard relays its
@@ -13,10 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
+import json
 import logging
 import os
-import signal
 import sys
 import time
 from collections import Counter
@@ -25,7 +25,9 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from services.worker.artifacts import atomic_open
 from services.worker.inputs import InputAccess, InputError, RawRecord, discover
+from services.worker.processes import die_with_parent
 from services.worker.stages.base import ShardResult, Stage, StageContext
 from services.worker.training import EXIT_NO_DATA, TrainPaths
 from shared.errors import InvalidRequest
@@ -36,8 +38,16 @@ from shared.job_schemas import (
     JobKind,
     TrainingProgress,
     TrainRationalystSpec,
+    TrainTripostSpec,
+    TripostSpec,
 )
-from shared.jobs_store import stage_dir, training_data_files
+from shared.jobs_store import (
+    job_dir,
+    parse_spec,
+    stage_dir,
+    training_data_files,
+    tripost_samples_file,
+)
 from shared.model_registry import ModelRegistry, RegisteredModel
 
 logger = logging.getLogger(__name__)
@@ -46,18 +56,16 @@ POLL_S = 1.0
 TERMINATE_GRACE_S = 15.0
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Linux: the kernel sends SIGKILL to the child when the worker dies (kill -9 included)."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_DEATHSIG
+TrainSpec = TrainRationalystSpec | TrainTripostSpec
+GOLD_FILE = "gold.jsonl"
 
 
-def default_model_name(job_id: str) -> str:
-    return f"rationalyst-{job_id}"[:64]
+def default_model_name(job_id: str, kind: JobKind = JobKind.train_rationalyst) -> str:
+    prefix = "tripost" if kind is JobKind.train_tripost else "rationalyst"
+    return f"{prefix}-{job_id}"[:64]
 
 
-def training_access(spec: TrainRationalystSpec, settings: Any) -> InputAccess:
+def training_access(spec: TrainSpec, settings: Any) -> InputAccess:
     """Where a training job's rows may be read: a data job's files under the artifacts root,
     or files named in ``data.train``/``data.dev`` inside the data roots (or uploaded)."""
     if spec.data.job is not None:
@@ -65,10 +73,10 @@ def training_access(spec: TrainRationalystSpec, settings: Any) -> InputAccess:
     return InputAccess.of_jobs(settings)
 
 
-def training_input(spec: TrainRationalystSpec, artifacts_dir: Path) -> InputSpec:
+def training_input(spec: TrainSpec, artifacts_dir: Path) -> InputSpec:
     """The training rows as the stage's input (planning counts them; none fails the job)."""
     if spec.data.job is not None:
-        train, _ = training_data_files(artifacts_dir, spec.data.job)
+        train = _data_job_rows(spec, artifacts_dir, spec.data.job)
         if not train.is_file():
             raise InputError(f"job {spec.data.job} has no training rows at {train}")
         paths = [str(train)]
@@ -81,10 +89,31 @@ TRAIN_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS
 """Pool sizes torch and the BLAS libraries read at start-up in the trainer's process."""
 
 
+def _data_job_rows(spec: TrainSpec, artifacts_dir: Path, job_id: str) -> Path:
+    if isinstance(spec, TrainRationalystSpec):
+        return training_data_files(artifacts_dir, job_id)[0]
+    if spec.data.path is not None:
+        return job_dir(artifacts_dir, job_id) / spec.data.path
+    try:
+        source = parse_spec(read_json(job_dir(artifacts_dir, job_id) / "job.json").get("spec"))
+    except OSError:
+        source = None
+    if source is None:
+        raise InputError(f"job {job_id} is not on disk (or its spec is unreadable)")
+    return tripost_samples_file(artifacts_dir, job_id, source, None)
+
+
 class TrainStage(Stage):
     kind = JobKind.train_rationalyst
     single_shard = True
-    options: TrainRationalystSpec
+    options: TrainSpec
+
+    @property
+    def input_under_artifacts(self) -> bool:
+        return self.options.data.job is not None
+
+    def planned_input(self, artifacts_dir: Path, job_id: str) -> InputSpec | None:
+        return training_input(self.options, artifacts_dir)
 
     async def prepare(self, runtime: Any) -> dict[str, Any]:
         return await asyncio.to_thread(self._files, runtime.settings)
@@ -97,9 +126,11 @@ class TrainStage(Stage):
         root = settings.artifacts_dir.expanduser()
         access = training_access(self.options, settings)
         train = discover(training_input(self.options, root), access, field="data.train")
-        if data.job is not None:
+        if data.job is not None and isinstance(self.options, TrainRationalystSpec):
             _, dev = training_data_files(root, data.job)
             dev_files = [str(dev)] if dev.is_file() and dev.stat().st_size else []
+        elif data.job is not None:  # TriPosT samples: the dev rows are held out of them
+            dev_files = []
         elif data.dev:
             dev_spec = InputSpec(paths=data.dev, format=InputFormat.jsonl)
             dev_files = [str(s.path) for s in discover(dev_spec, access, field="data.dev")]
@@ -109,7 +140,9 @@ class TrainStage(Stage):
 
     async def process(self, records: list[RawRecord], ctx: StageContext) -> ShardResult:
         settings = ctx.runtime.settings
-        paths = TrainPaths(stage_dir(settings.artifacts_dir.expanduser(), ctx.job_id, self.kind))
+        paths = TrainPaths(
+            ctx.folder or stage_dir(settings.artifacts_dir.expanduser(), ctx.job_id, self.kind)
+        )
         if not paths.result.is_file():
             await asyncio.to_thread(self._write_request, paths, ctx)
             await self._run_child(paths, ctx)
@@ -170,7 +203,7 @@ class TrainStage(Stage):
                 stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL,
                 env=env,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         logger.info("job %s: training in process %d (log %s)", ctx.job_id, proc.pid, paths.log)
         seen = 0.0
@@ -222,9 +255,10 @@ class TrainStage(Stage):
         registry = ModelRegistry(paths.root.parent.parent)
         card = registry.register(
             RegisteredModel(
-                name=spec.model_name or default_model_name(job_id),
+                name=spec.model_name or default_model_name(job_id, self.kind),
                 path=str(tp.model.resolve()),
                 base_model=spec.base_model,
+                kind="tripost" if self.kind is JobKind.train_tripost else "rationalyst",
                 method=spec.method.value,
                 job_id=job_id,
                 data={
@@ -237,6 +271,34 @@ class TrainStage(Stage):
             )
         )
         return {"model": card.model_dump(mode="json"), "finished_at": time.time()}
+
+
+class TrainTripostStage(TrainStage):
+    """SFT on TriPosT samples with the weighted loss (:mod:`services.worker.training.data`).
+
+    In a ``tripost`` job its stage 0 trains on the training questions' gold rationales, which
+    it writes when planned (``gold.jsonl`` in its folder)."""
+
+    kind = JobKind.train_tripost
+    options: TrainTripostSpec
+
+    def planned_input(self, artifacts_dir: Path, job_id: str) -> InputSpec | None:
+        if isinstance(self.job_spec, TripostSpec) and self.stage.produces == "gold":
+            self._write_gold(artifacts_dir, job_id, self.job_spec)
+        return super().planned_input(artifacts_dir, job_id)
+
+    def _write_gold(self, artifacts_dir: Path, job_id: str, spec: TripostSpec) -> None:
+        from services.worker.stages.tripost import task_items
+        from services.worker.tripost import gold_row
+
+        path = stage_dir(artifacts_dir, job_id, self.stage.folder) / GOLD_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = [row for item in task_items(spec) if (row := gold_row(item)) is not None]
+        if not rows:
+            raise InputError(f"task {spec.task} has no gold rationales to train on")
+        with atomic_open(path) as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 async def _terminate(proc: asyncio.subprocess.Process) -> None:

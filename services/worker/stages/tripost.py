@@ -13,6 +13,7 @@ and fails the job with the counts by reason.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import zlib
 from collections import Counter
@@ -23,6 +24,7 @@ from pydantic import ValidationError
 
 from services.worker.artifacts import StagePaths, atomic_open, iter_jsonl, write_json
 from services.worker.inputs import InputError, RawRecord
+from services.worker.local_models import is_tripost_model, resolve_local_model
 from services.worker.stages.base import (
     Outcome,
     RecordFailure,
@@ -46,7 +48,6 @@ from services.worker.tripost import (
     sample_rows,
     splice_gold,
     splice_llm,
-    tripost_demo,
 )
 from shared.job_schemas import (
     InputFormat,
@@ -54,11 +55,15 @@ from shared.job_schemas import (
     JobKind,
     TripostCollectSpec,
     TripostImprover,
+    TripostQuestions,
 )
 from shared.jobs_store import stage_dir
-from shared.openai_schemas import ChatCompletionRequest, OAChatMessage
+from shared.openai_schemas import ChatCompletionRequest, CompletionRequest, OAChatMessage
 from shared.tasks import check_answer, get_task
 from shared.tasks.base import DataMissingError, TaskItem, UnknownTaskError
+from shared.tripost import STOP as TEXT_STOP
+from shared.tripost import prompt as tripost_prompt
+from shared.tripost import read_continuation, tripost_demo
 from shared.verify import (
     QuestionError,
     Verdict,
@@ -73,19 +78,31 @@ REPORT = "report.json"
 STOP = ["\nQ:"]
 
 
-def tripost_input(spec: TripostCollectSpec, artifacts_dir: Path, job_id: str) -> InputSpec:
-    """Write the task's training questions into the stage's folder; they are its input."""
+def task_items(spec: TripostQuestions) -> list[TaskItem]:
+    """The training questions of a TriPosT spec."""
     try:
-        task = get_task(spec.task)
-        items = task.items(spec.items, seed=spec.seed)
+        return get_task(spec.task).items(spec.items, seed=spec.seed)
     except (UnknownTaskError, DataMissingError) as exc:
         raise InputError(f"task: {exc}") from exc
-    path = stage_dir(artifacts_dir, job_id, JobKind.tripost_collect) / QUESTIONS
+
+
+def write_items(path: Path, items: list[TaskItem]) -> InputSpec:
+    """Items as a stage's input file (the same content every time it is planned)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path) as f:
         for item in items:
             f.write(item.model_dump_json() + "\n")
     return InputSpec(paths=[str(path)], format=InputFormat.jsonl, id_field="id")
+
+
+def tripost_input(
+    spec: TripostQuestions,
+    artifacts_dir: Path,
+    job_id: str,
+    folder: str = JobKind.tripost_collect.value,
+) -> InputSpec:
+    """Write the task's training questions into the stage's folder; they are its input."""
+    return write_items(stage_dir(artifacts_dir, job_id, folder) / QUESTIONS, task_items(spec))
 
 
 def _seed(*parts: object) -> int:
@@ -108,6 +125,13 @@ class TripostCollectStage(Stage):
     options: TripostCollectSpec
 
     @property
+    def input_under_artifacts(self) -> bool:
+        return True
+
+    def planned_input(self, artifacts_dir: Path, job_id: str) -> InputSpec:
+        return tripost_input(self.options, artifacts_dir, job_id, self.stage.folder)
+
+    @property
     def verifier_kind(self) -> VerifierKind:
         opts = self.options
         if opts.verifier is not None:
@@ -122,18 +146,27 @@ class TripostCollectStage(Stage):
         return TripostImprover.scripted if scripted_verifier(opts.task) else TripostImprover.llm
 
     async def prepare(self, runtime: Any) -> dict[str, Any]:
-        """The agent's worked examples (the task's demos in TriPosT's format), fixed once."""
+        """The agent's worked examples (the task's demos in TriPosT's format), fixed once; with
+        ``model``, that model's folder, and none when it was trained on TriPosT's format."""
+        opts = self.options
         try:
-            task = get_task(self.options.task)
-            demos = [tripost_demo(d, task.kind) for d in task.demos(self.options.few_shot)]
+            task = get_task(opts.task)
+            demos = [tripost_demo(d, task.kind) for d in task.demos(opts.few_shot)]
         except (UnknownTaskError, DataMissingError) as exc:
             raise InputError(f"task: {exc}") from exc
-        return {
-            "demos": [list(d) for d in demos],
+        extras: dict[str, Any] = {
             "verifier": self.verifier_kind.value,
             "improver": self.improver_kind.value,
             "description": task.description,
         }
+        if opts.model is not None:
+            root = runtime.settings.artifacts_dir.expanduser()
+            extras["model"] = opts.model
+            extras["model_path"] = resolve_local_model(opts.model, root)
+            if is_tripost_model(opts.model, root):
+                demos = []
+        extras["demos"] = [list(d) for d in demos]
+        return extras
 
     async def process(self, records: list[RawRecord], ctx: StageContext) -> ShardResult:
         opts = self.options
@@ -183,12 +216,7 @@ class TripostCollectStage(Stage):
 
             trajectories: list[Trajectory] = []
             for attempt in range(opts.attempts):
-                request = _chat(
-                    attempt_messages(item.question, demos), opts.max_tokens,
-                    temperature=opts.temperature, seed=_seed(opts.seed, item.id, attempt),
-                    stop=STOP,
-                )  # fmt: skip
-                text = (await ctx.runtime.agent.chat(request)).text()
+                text = await attempt_text(item, attempt)
                 trajectories.append(
                     await collect_trajectory(
                         item.id, attempt, text, verify, improve, max_rounds=opts.max_rounds
@@ -206,9 +234,31 @@ class TripostCollectStage(Stage):
                 record_id=item.id,
             )
 
-        outcomes = await map_records(
-            records, ctx, one, concurrency=ctx.runtime.settings.request_concurrency
-        )
+        async def attempt_text(item: TaskItem, attempt: int) -> str:
+            """The agent's attempt (a chat with worked examples), or the job's model's (its
+            answer in TriPosT's text format)."""
+            seed, question = _seed(opts.seed, item.id, attempt), item.question
+            if local is None:
+                request = _chat(
+                    attempt_messages(question, demos), opts.max_tokens,
+                    temperature=opts.temperature, seed=seed, stop=STOP,
+                )  # fmt: skip
+                return str((await ctx.runtime.agent.chat(request)).text())
+            completion = CompletionRequest(
+                prompt=tripost_prompt(question, demos), max_tokens=opts.max_tokens,
+                temperature=opts.temperature, seed=seed, stop=list(TEXT_STOP),
+            )  # fmt: skip
+            text = (await local.complete(completion)).text()
+            return read_continuation(text, "answer").answer or ""
+
+        async with contextlib.AsyncExitStack() as stack:
+            local = None
+            if opts.model is not None:  # attempts by the job's own model, in TriPosT's format
+                model = ctx.extras.get("model_path") or opts.model
+                local = await stack.enter_async_context(ctx.runtime.local_models.serve(model))
+            outcomes = await map_records(
+                records, ctx, one, concurrency=ctx.runtime.settings.request_concurrency
+            )
         return collect(self.kind, ctx.shard, records, outcomes)
 
     async def _llm(self, ctx: StageContext, request: ChatCompletionRequest) -> str:

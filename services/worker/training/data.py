@@ -229,3 +229,126 @@ def split_dev(
     train = [r for i, r in enumerate(rows) if i not in dev_idx]
     dev = [r for i, r in enumerate(rows) if i in dev_idx]
     return train, dev
+
+
+# --------------------------------------------------------------------------------------------
+# TriPosT samples: plain text, every token trained, the feedback section weighted
+
+FEEDBACK_MARK = "\nFeedback:"
+
+
+@dataclass
+class WeightedRow(EncodedRow):
+    token_weights: list[float] = field(default_factory=list)
+    """One weight per input token: the weight of predicting that token."""
+
+
+@dataclass
+class WeightedDataReport(DataReport):
+    weighted_rows: int = 0
+    weighted_tokens: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **super().to_json(),
+            "weighted_rows": self.weighted_rows,
+            "weighted_tokens": self.weighted_tokens,
+        }
+
+
+def sample_text(row: dict[str, Any]) -> tuple[str, int | None]:
+    """A TriPosT sample's text and the character offset of its first "\\nFeedback:" (None
+    when it has none). ``text`` is used, else ``prompt + completion``; a ``feedback_start``
+    that does not point at "\\nFeedback:" is looked up again."""
+    text = row.get("text")
+    if not isinstance(text, str):
+        prompt, completion = row.get("prompt"), row.get("completion")
+        if not isinstance(prompt, str) or not isinstance(completion, str):
+            raise RowError("bad_row")
+        text = prompt + completion
+    if not text.strip():
+        raise RowError("bad_row")
+    start = row.get("feedback_start")
+    if not isinstance(start, int) or not text.startswith(FEEDBACK_MARK, start):
+        start = text.find(FEEDBACK_MARK)
+    return text, (start if start >= 0 else None)
+
+
+class TripostEncoder:
+    """Tokenizes TriPosT samples for one tokenizer and length limit.
+
+    The text is tokenized as the model service tokenizes a prompt (the tokenizer's own
+    special tokens, if any), and the end-of-sequence token is appended, so a trained model
+    stops after its update. Every token is trained (a leading BOS is not a target); the tokens
+    that end after the first "\\nFeedback:" weigh ``feedback_weight`` in rows of the weighted
+    kinds (a row without a kind counts as weighted), 1 elsewhere: TriPosT's loss is
+    sum(CE * mask * weight) / sum(mask). A row over ``max_length`` loses its end (and its
+    end-of-sequence token) and is counted as truncated.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        max_length: int,
+        feedback_weight: float,
+        weighted_kinds: Iterable[str],
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.feedback_weight = feedback_weight
+        self.weighted_kinds = frozenset(weighted_kinds)
+        self.bos = tokenizer.bos_token_id
+        self.eos = tokenizer.eos_token_id
+        probe = tokenizer("x", add_special_tokens=True)["input_ids"]
+        self.expects_bos = bool(probe) and self.bos is not None and probe[0] == self.bos
+
+    def weighted(self, row: dict[str, Any], feedback_start: int | None) -> bool:
+        kind = row.get("kind")
+        return feedback_start is not None and (kind is None or kind in self.weighted_kinds)
+
+    def encode(self, row: dict[str, Any]) -> WeightedRow:
+        text, start = sample_text(row)
+        enc = self.tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+        ids: list[int] = list(enc["input_ids"])
+        offsets: list[tuple[int, int]] = [tuple(o) for o in enc["offset_mapping"]]
+        heavy = self.feedback_weight if self.weighted(row, start) else 1.0
+        weights = [heavy if start is not None and end > start else 1.0 for _, end in offsets]
+        trained = [end > begin for begin, end in offsets]  # special tokens are zero-width
+        if self.eos is not None:
+            ids.append(self.eos)
+            weights.append(weights[-1] if weights else 1.0)
+            trained.append(True)
+        truncated = len(ids) > self.max_length
+        ids, weights, trained = (
+            ids[: self.max_length],
+            weights[: self.max_length],
+            trained[: self.max_length],
+        )
+        labels = [tok if t else IGNORE_INDEX for tok, t in zip(ids, trained, strict=True)]
+        weights = [w if t else 0.0 for w, t in zip(weights, trained, strict=True)]
+        out = WeightedRow(ids, labels, truncated, weights)
+        if out.n_trained == 0:
+            raise RowError("no_trained_tokens")
+        return out
+
+    def encode_all(
+        self, rows: Iterable[dict[str, Any]]
+    ) -> tuple[list[WeightedRow], WeightedDataReport]:
+        out: list[WeightedRow] = []
+        report = WeightedDataReport()
+        for row in rows:
+            report.rows += 1
+            try:
+                enc = self.encode(row)
+            except RowError as exc:
+                report.dropped[exc.reason] += 1
+                continue
+            out.append(enc)
+            report.kept += 1
+            report.truncated += int(enc.truncated)
+            report.trained_tokens += enc.n_trained
+            report.max_tokens = max(report.max_tokens, len(enc.input_ids))
+            heavy = sum(1 for w in enc.token_weights if w not in (0.0, 1.0))
+            report.weighted_tokens += heavy
+            report.weighted_rows += int(heavy > 0)
+        return out, report

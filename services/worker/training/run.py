@@ -1,7 +1,9 @@
 """One training run, in its own process: ``python -m services.worker.training STAGE_DIR``.
 
-Reads ``request.json`` (written by the worker), tokenizes the rows (:mod:`.data`), trains with
-TRL's ``SFTTrainer`` (full fine-tune or LoRA with peft), and writes under the stage folder:
+Reads ``request.json`` (written by the worker), tokenizes the rows (:mod:`.data`: chat rows of
+a rationalyst, or TriPosT samples with their token weights), trains with TRL's
+``SFTTrainer`` (full fine-tune or LoRA with peft; TriPosT's weighted loss with
+:class:`~.weighted.WeightedSFTTrainer`), and writes under the stage folder:
 
 * ``progress.json`` at every log step (the worker relays it to the job API),
   ``log_history.jsonl`` (every logged loss), ``data_report.json`` (rows kept, truncated,
@@ -30,10 +32,15 @@ from pathlib import Path
 from typing import Any
 
 from services.worker.training import EXIT_NO_DATA, TrainPaths
-from services.worker.training.data import RowEncoder, read_rows, split_dev
+from services.worker.training.data import RowEncoder, TripostEncoder, read_rows, split_dev
 from shared.data_roots import DataRoots, OutsideDataRoots
 from shared.files import read_json, write_json
-from shared.job_schemas import TrainingProgress, TrainMethod, TrainRationalystSpec
+from shared.job_schemas import (
+    TrainingProgress,
+    TrainMethod,
+    TrainRationalystSpec,
+    TrainTripostSpec,
+)
 
 logger = logging.getLogger("services.worker.training")
 
@@ -59,7 +66,18 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
     return best[1] if best else None
 
 
-def _precision(spec: TrainRationalystSpec) -> tuple[str, Any, bool]:
+TrainSpec = TrainRationalystSpec | TrainTripostSpec
+
+
+def read_spec(request: dict[str, Any]) -> TrainSpec:
+    """The spec of the request, by its kind."""
+    raw = request["spec"]
+    if raw.get("kind") == "train_tripost":
+        return TrainTripostSpec.model_validate(raw)
+    return TrainRationalystSpec.model_validate(raw)
+
+
+def _precision(spec: TrainSpec) -> tuple[str, Any, bool]:
     """The device, the dtype the weights load in, and whether the math runs in bf16.
 
     ``auto`` follows the model service's rule (bf16 on GPUs and on CPUs with native bf16).
@@ -122,7 +140,7 @@ def _progress_callback(paths: TrainPaths, resumed_from: int | None, parent: int)
 
 
 def _encode(
-    request: dict[str, Any], spec: TrainRationalystSpec, tokenizer: Any, max_length: int
+    request: dict[str, Any], spec: TrainSpec, tokenizer: Any, max_length: int
 ) -> tuple[list[Any], list[Any], dict[str, Any]]:
     roots = DataRoots.of(request["data_roots"])
     rows = list(read_rows(request["train_files"], roots))
@@ -133,10 +151,14 @@ def _encode(
     if not dev_rows:
         rows, dev_rows = split_dev(rows, spec.data.dev_fraction, spec.seed)
         held_out = bool(dev_rows)
-    encoder = RowEncoder(tokenizer, max_length)
+    encoder: RowEncoder | TripostEncoder
+    if isinstance(spec, TrainTripostSpec):
+        encoder = TripostEncoder(tokenizer, max_length, spec.feedback_weight, spec.weighted_kinds)
+    else:
+        encoder = RowEncoder(tokenizer, max_length)
     train, train_report = encoder.encode_all(rows)
     dev, dev_report = encoder.encode_all(dev_rows)
-    report = {
+    report: dict[str, Any] = {
         "train": train_report.to_json(),
         "dev": dev_report.to_json(),
         "dev_held_out_from_train": held_out,
@@ -144,6 +166,9 @@ def _encode(
         "expects_bos": encoder.expects_bos,
         "bos_token_id": encoder.bos,
     }
+    if isinstance(spec, TrainTripostSpec):
+        report["feedback_weight"] = spec.feedback_weight
+        report["weighted_kinds"] = list(spec.weighted_kinds)
     return train, dev, report
 
 
@@ -153,7 +178,8 @@ def train(paths: TrainPaths) -> int:
         logger.info("already trained: %s", paths.result)
         return 0
     request = read_json(paths.request)
-    spec = TrainRationalystSpec.model_validate(request["spec"])
+    spec = read_spec(request)
+    weighted = isinstance(spec, TrainTripostSpec)
     hp = spec.resolved()
     write_json(paths.progress, TrainingProgress(phase="starting").model_dump(mode="json"))
 
@@ -201,6 +227,13 @@ def train(paths: TrainPaths) -> int:
         )
 
     def dataset(rows: list[Any]) -> Any:
+        if weighted:
+            return Dataset.from_list(
+                [
+                    {"input_ids": r.input_ids, "labels": r.labels, "token_weights": r.token_weights}
+                    for r in rows
+                ]
+            )
         return Dataset.from_list([{"input_ids": r.input_ids, "labels": r.labels} for r in rows])
 
     has_dev = bool(dev_rows)
@@ -230,13 +263,21 @@ def train(paths: TrainPaths) -> int:
         gradient_checkpointing=spec.gradient_checkpointing,
         max_length=int(hp["max_length"]),
         dataset_kwargs={"skip_prepare_dataset": True},
+        remove_unused_columns=not weighted,  # the weights reach the collator and the loss
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
     resume = last_complete_checkpoint(paths.checkpoints)
     resumed_from = int(resume.name.split("-")[1]) if resume else None
-    trainer = SFTTrainer(
+    trainer_class: Any = SFTTrainer
+    extra: dict[str, Any] = {}
+    if weighted:
+        from services.worker.training.weighted import WeightedCollator, WeightedSFTTrainer
+
+        trainer_class = WeightedSFTTrainer
+        extra["data_collator"] = WeightedCollator(int(tokenizer.pad_token_id))
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=dataset(train_rows),
@@ -244,6 +285,7 @@ def train(paths: TrainPaths) -> int:
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=[_progress_callback(paths, resumed_from, os.getppid())],
+        **extra,
     )
     metrics: dict[str, float | None] = {}
     if has_dev and resume is None:
