@@ -132,7 +132,7 @@ def test_train_registers_the_model_in_the_api(trained: Trained) -> None:
         "/v1/jobs",
         json={
             "kind": "train_rationalyst",
-            "data": {"train": ["/x.jsonl"]},
+            "data": {"job": card["data"]["source"]["job"]},  # valid data: only the name clashes
             "model_name": MODEL_NAME,
         },
     )
