@@ -267,6 +267,26 @@ async def test_rejects_empty_oversized_and_out_of_vocabulary_prompts(engine: Any
     assert engine.healthy()
 
 
+@pytest.mark.parametrize(
+    ("temperature", "top_p", "seed"),
+    [
+        (1e-40, 1.0, 0),
+        (5e-324, 1e-300, 2**63 - 1),
+        (2.0, 2.2250738585072014e-308, 1),
+        (1e-5, 1.0, None),
+    ],
+)
+async def test_generate_is_safe_at_numeric_edges(
+    engine: Any, temperature: float, top_p: float, seed: int | None
+) -> None:
+    ids = prompt_ids(engine, "Name a colour.")
+    params = SamplingParams(max_tokens=6, n=2, temperature=temperature, top_p=top_p, seed=seed)
+    outs = await engine.generate(ids, params.normalized())
+    assert len(outs) == 2 and all(1 <= len(o.token_ids) <= 6 for o in outs)
+    assert all(math.isfinite(lp) for o in outs for lp in o.logprobs)
+    assert engine.healthy() and engine.fatal is None
+
+
 async def test_unstarted_engine_raises_engine_error(model_path: Path) -> None:
     from services.model_server.engines.vllm_engine import VllmEngine
 
@@ -303,23 +323,3 @@ async def test_close_is_final(engine: Any) -> None:
     assert not engine.healthy()
     with pytest.raises(EngineError):
         await engine.generate([1, 2, 3], SamplingParams(max_tokens=2))
-
-
-@pytest.mark.parametrize(
-    ("temperature", "top_p", "seed"),
-    [
-        (1e-40, 1.0, 0),
-        (5e-324, 1e-300, 2**63 - 1),
-        (2.0, 2.2250738585072014e-308, 1),
-        (1e-5, 1.0, None),
-    ],
-)
-async def test_generate_is_safe_at_numeric_edges(
-    engine: Any, temperature: float, top_p: float, seed: int | None
-) -> None:
-    ids = prompt_ids(engine, "Name a colour.")
-    params = SamplingParams(max_tokens=6, n=2, temperature=temperature, top_p=top_p, seed=seed)
-    outs = await engine.generate(ids, params.normalized())
-    assert len(outs) == 2 and all(1 <= len(o.token_ids) <= 6 for o in outs)
-    assert all(math.isfinite(lp) for o in outs for lp in o.logprobs)
-    assert engine.healthy() and engine.fatal is None
