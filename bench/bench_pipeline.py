@@ -15,6 +15,10 @@ Printed, all measured in this one run:
   prefilter and extract, triples for filter, rows for sft_data);
 - the yield: documents -> boundaries -> asked -> triples -> kept by the filter -> SFT rows,
   and the share of asked boundaries that became kept rows;
+- the filter's cost per triple: tokens its one /v1/score request computes (the shared prefix
+  once, then both continuations) over one forward pass of the with-rationale text, and over
+  the two separate requests of scoring with and without the rationale apart (tokenizer counts
+  on the run's own triples, no model time);
 - the comparison: both accuracies with Wilson intervals, the paired difference trained - base
   with its bootstrap interval, and the exact McNemar p-value.
 
@@ -78,6 +82,34 @@ def stop_up(proc: subprocess.Popen[bytes]) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def filter_token_ratios(triples_path: Path) -> dict[str, float]:
+    """Tokens the filter's request per triple computes ÷ one forward of the with-rationale
+    text, and ÷ two separate requests (with and without the rationale)."""
+    from transformers import AutoTokenizer
+
+    from services.model_server.models import pull
+    from services.model_server.prompts import chat_prompt
+    from services.worker.stages.filter import score_request
+    from shared.job_schemas import FilterOptions
+
+    tok = AutoTokenizer.from_pretrained(str(pull()))
+    one = with_text = two = 0
+    for line in triples_path.read_text().splitlines():
+        req = score_request(json.loads(line), FilterOptions())
+        prefix = chat_prompt(tok, req.context)
+        ids = [
+            tok(prefix + g + c, add_special_tokens=False)["input_ids"]
+            for g, c in zip(req.given_texts(), req.continuations, strict=True)
+        ]
+        shared = 0
+        while shared < min(map(len, ids)) and ids[0][shared] == ids[1][shared]:
+            shared += 1
+        one += shared + sum(len(i) - shared for i in ids)
+        with_text += len(ids[0])
+        two += sum(len(i) for i in ids)
+    return {"per_forward": one / with_text, "per_two_requests": one / two} if two else {}
+
+
 def pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
@@ -103,6 +135,12 @@ def print_report(state: dict[str, Any]) -> None:
         print(
             f"kept / asked = {c['kept'] / asked:.3f}; triples / asked = {c['triples'] / asked:.3f}"
             f"; rationales dropped: {c['rationales_dropped']}"
+        )
+    if state.get("filter_tokens"):
+        ft = state["filter_tokens"]
+        print(
+            f"filter cost: {ft['per_forward']:.3f} forward passes per triple "
+            f"({ft['per_two_requests']:.3f} of two separate requests)"
         )
     m = train.get("metrics", {})
     print(
@@ -165,6 +203,8 @@ def main() -> None:
         stop_up(proc)
     state = result.state
     state["bench_wall_s"] = time.monotonic() - started
+    job = state["data"]["job"]
+    state["filter_tokens"] = filter_token_ratios(out / "artifacts" / job / "extract/output.jsonl")
     (out / "pipeline.json").write_text(json.dumps(state, indent=2, default=str) + "\n")
     print_report(state)
     print(f"total wall time {state['bench_wall_s']:.0f} s; numbers in {out / 'pipeline.json'}")
