@@ -81,6 +81,7 @@ class Level:
     statuses: Counter[str] = field(default_factory=Counter)
     busy_latencies: list[float] = field(default_factory=list)
     busy_with_retry_after: int = 0
+    busy_queue_full: int = 0  # refused at once; the others waited out the queue timeout
     deadline_reached: int = 0
 
     @property
@@ -162,6 +163,7 @@ async def run_level(
                     level.deadline_reached += bool(r.json().get("deadline_reached"))
                 elif r.status_code == 503:
                     level.busy_latencies.append(elapsed)
+                    level.busy_queue_full += "is full" in r.text
                     wait = r.headers.get("retry-after")
                     if wait is not None:
                         level.busy_with_retry_after += 1
@@ -178,8 +180,9 @@ def row(level: Level) -> str:
     busy = ""
     if level.busy_latencies:
         busy = (
-            f"; 503s with Retry-After {level.busy_with_retry_after}/{len(level.busy_latencies)},"
-            f" answered in p50 {percentile(level.busy_latencies, 0.5) * 1000:.0f} ms"
+            f"; 503s with Retry-After {level.busy_with_retry_after}/{len(level.busy_latencies)}"
+            f" ({level.busy_queue_full} queue full, at once), answered in p50 "
+            f"{percentile(level.busy_latencies, 0.5) * 1000:.0f} ms"
         )
     partial = f"; {level.deadline_reached} deadline_reached" if level.deadline_reached else ""
     return (
@@ -208,8 +211,9 @@ def summary(levels: list[Level], args: argparse.Namespace) -> None:
             other = lv.errors - busy
             print(
                 f"  past it, concurrency {lv.concurrency}: {busy}/{total} answers were 503 "
-                f"({lv.busy_with_retry_after} with Retry-After), {other} other errors or "
-                f"timeouts; the admitted ones: {lv.rate:.2f}/s, p99 {lv.p(0.99):.1f}s"
+                f"({lv.busy_with_retry_after} with Retry-After; {lv.busy_queue_full} at once, "
+                f"the queue full; p50 {percentile(lv.busy_latencies, 0.5):.2f}s), {other} other "
+                f"errors or timeouts; the admitted ones: {lv.rate:.2f}/s, p99 {lv.p(0.99):.1f}s"
             )
 
 
