@@ -16,9 +16,10 @@ is the client's: reason requests carry it as ``deadline_s`` (GATEWAY_MAX_DEADLIN
 it as well), and the client gives up on any request after twice that.
 
 Printed per level: completed requests per second, p50/p99 latency of the 200s, the answers by
-status (and how many 503s carried Retry-After, and how fast they came), client timeouts; then
-per endpoint the highest rate whose p99 is within the deadline with no error, and what the
-levels past it gave.
+status (and how many 503s carried Retry-After, and how fast they came), client timeouts, and
+200s that degraded (a fallback, counted as errors); then per endpoint the highest rate whose p99
+is within the deadline with no error, and what the levels past it gave. The run stops if a
+process of the ensemble exits.
 """
 
 from __future__ import annotations
@@ -81,7 +82,9 @@ class Level:
     statuses: Counter[str] = field(default_factory=Counter)
     busy_latencies: list[float] = field(default_factory=list)
     busy_with_retry_after: int = 0
+    busy_queue_full: int = 0  # refused at once; the others waited out the queue timeout
     deadline_reached: int = 0
+    degraded: int = 0  # 200s with a fallback: a model service was down
 
     @property
     def ok(self) -> int:
@@ -89,7 +92,8 @@ class Level:
 
     @property
     def errors(self) -> int:
-        return sum(n for status, n in self.statuses.items() if status != "200")
+        """Answers that are not a full 200: other statuses, timeouts, degraded searches."""
+        return sum(n for status, n in self.statuses.items() if status != "200") + self.degraded
 
     @property
     def rate(self) -> float:
@@ -158,10 +162,13 @@ async def run_level(
                 elapsed = time.perf_counter() - start
                 level.statuses[str(r.status_code)] += 1
                 if r.status_code == 200:
+                    answer = r.json()
                     level.ok_latencies.append(elapsed)
-                    level.deadline_reached += bool(r.json().get("deadline_reached"))
+                    level.deadline_reached += bool(answer.get("deadline_reached"))
+                    level.degraded += bool(answer.get("fallbacks"))
                 elif r.status_code == 503:
                     level.busy_latencies.append(elapsed)
+                    level.busy_queue_full += "is full" in r.text
                     wait = r.headers.get("retry-after")
                     if wait is not None:
                         level.busy_with_retry_after += 1
@@ -178,10 +185,13 @@ def row(level: Level) -> str:
     busy = ""
     if level.busy_latencies:
         busy = (
-            f"; 503s with Retry-After {level.busy_with_retry_after}/{len(level.busy_latencies)},"
-            f" answered in p50 {percentile(level.busy_latencies, 0.5) * 1000:.0f} ms"
+            f"; 503s with Retry-After {level.busy_with_retry_after}/{len(level.busy_latencies)}"
+            f" ({level.busy_queue_full} queue full, at once), answered in p50 "
+            f"{percentile(level.busy_latencies, 0.5) * 1000:.0f} ms"
         )
     partial = f"; {level.deadline_reached} deadline_reached" if level.deadline_reached else ""
+    if level.degraded:
+        partial += f"; {level.degraded} DEGRADED (a fallback: a model service was down)"
     return (
         f"{level.endpoint:<7} {level.concurrency:>4} {level.rate:>8.2f} "
         f"{level.p(0.5):>7.1f}s {level.p(0.99):>7.1f}s  {statuses}{busy}{partial}"
@@ -208,12 +218,21 @@ def summary(levels: list[Level], args: argparse.Namespace) -> None:
             other = lv.errors - busy
             print(
                 f"  past it, concurrency {lv.concurrency}: {busy}/{total} answers were 503 "
-                f"({lv.busy_with_retry_after} with Retry-After), {other} other errors or "
-                f"timeouts; the admitted ones: {lv.rate:.2f}/s, p99 {lv.p(0.99):.1f}s"
+                f"({lv.busy_with_retry_after} with Retry-After; {lv.busy_queue_full} at once, "
+                f"the queue full; p50 {percentile(lv.busy_latencies, 0.5):.2f}s), {other} other "
+                f"errors or timeouts; the admitted ones: {lv.rate:.2f}/s, p99 {lv.p(0.99):.1f}s"
             )
 
 
-async def main_async(gateway: str, args: argparse.Namespace) -> None:
+def check_alive(procs: list[ServiceProcess]) -> None:
+    """A level measured with a service gone measures fallbacks: stop instead."""
+    dead = [p for p in procs if not p.alive()]
+    if dead:
+        names = ", ".join(f"{p.name} (exit {p.popen.returncode}, log {p.log_path})" for p in dead)
+        raise SystemExit(f"stopped: {names} exited during the run; its numbers are not valid")
+
+
+async def main_async(gateway: str, procs: list[ServiceProcess], args: argparse.Namespace) -> None:
     async with httpx.AsyncClient(timeout=args.deadline * 2) as client:
         for endpoint in args.endpoints.split(","):  # warm-up, not measured
             r = await client.post(f"{gateway}/v1/{endpoint}", json=body_for(endpoint, 0, args))
@@ -225,6 +244,7 @@ async def main_async(gateway: str, args: argparse.Namespace) -> None:
             level = await run_level(gateway, endpoint, concurrency, args)
             levels.append(level)
             print(row(level), flush=True)
+            check_alive(procs)
     print()
     summary(levels, args)
 
@@ -288,7 +308,7 @@ def main() -> None:
             f"{args.max_step_tokens}/{args.max_rationale_tokens} step/rationale tokens; select: "
             f"4 candidates, {args.max_rationale_tokens} rationale tokens"
         )
-        asyncio.run(main_async(gateway, args))
+        asyncio.run(main_async(gateway, procs, args))
     finally:
         stop_processes(procs)
 
