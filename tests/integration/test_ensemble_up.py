@@ -217,6 +217,17 @@ def up_output(ensemble: dict[str, str]) -> str:
     return Path(ensemble["output"]).read_text(errors="replace")
 
 
+def wait_for_output(ensemble: dict[str, str], *texts: str, timeout_s: float = 60) -> str:
+    """``up``'s output, whitespace-collapsed, once it holds every one of ``texts``: it prints
+    after it has acted, so a client can see the effect before the line is written."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        out = " ".join(up_output(ensemble).split())
+        if all(text in out for text in texts) or time.monotonic() > deadline:
+            return out
+        time.sleep(0.1)
+
+
 def test_up_runs_a_worker_so_a_submitted_job_completes(ensemble: dict[str, str]) -> None:
     out = " ".join(up_output(ensemble).split())
     assert "started by up" in out and "append-only file" in out
@@ -269,7 +280,7 @@ def test_up_restarts_its_redis_and_no_job_is_lost(ensemble: dict[str, str]) -> N
     after = httpx.get(f"{gateway}/v1/jobs/{before['id']}", timeout=30).json()
     assert after["state"] == "succeeded" and after["stages"] == before["stages"]
     assert redis_pid(url) != pid
-    out = " ".join(up_output(ensemble).split())
+    out = wait_for_output(ensemble, "redis exited", "restarting it", "redis is back")
     assert "redis exited" in out and "restarting it" in out and "redis is back" in out
     # the worker carries on (restarted by `up` if Redis took it down): a new job completes
     again = submit_and_wait(
