@@ -592,6 +592,14 @@ class TripostCollectSpec(TripostCollectOptions, TripostQuestions):
         "train_tripost attempts without worked examples. Default: the agent service, in a chat "
         "with worked examples.",
     )
+    sampling_seed: int | None = Field(
+        default=None,
+        description="Seeds the attempts and the rebalancing (default: `seed`, which also orders "
+        "the questions); a tripost job's iterations keep the questions and vary this.",
+    )
+
+    def attempt_seed(self) -> int:
+        return self.seed if self.sampling_seed is None else self.sampling_seed
 
 
 SampleKind = Literal["improvement", "non_improvement", "gold"]
