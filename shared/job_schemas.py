@@ -968,6 +968,17 @@ def named_paths(spec: Any) -> list[tuple[str, list[str]]]:
     return out
 
 
+def named_model_folders(spec: Any) -> list[tuple[str, str]]:
+    """Every model a job spec names by a folder path rather than by name, with its field
+    (``base_model``, ``model``): such folders must lie inside the data roots."""
+    out = []
+    for field in ("base_model", "model"):
+        value = getattr(spec, field, None)
+        if isinstance(value, str) and ("/" in value or value.startswith("~")):
+            out.append((field, value))
+    return out
+
+
 def named_file_ids(spec: Any) -> list[tuple[str, str]]:
     """Every uploaded file a job spec names, with its field (``input.file_id``,
     ``input.file_ids[1]``, ...)."""

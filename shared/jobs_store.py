@@ -58,11 +58,12 @@ from shared.job_schemas import (
     TripostSpec,
     job_stages,
     named_file_ids,
+    named_model_folders,
     named_paths,
     stage_kinds,
 )
 from shared.model_registry import ModelRegistry
-from shared.settings import default_cache_dir
+from shared.settings import default_cache_dir, models_dir
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +120,11 @@ class JobStoreSettings(BaseSettings):
     def data_roots(self) -> DataRoots:
         """The folders job inputs must lie in (see :mod:`shared.data_roots`)."""
         return DataRoots.of(self.data_dirs or default_data_dirs(self.artifacts_dir))
+
+    def model_roots(self) -> DataRoots:
+        """Where a model folder that a job names by path may lie: the data roots and the
+        models cache."""
+        return self.data_roots() + DataRoots.of([models_dir()])
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,6 +406,15 @@ class JobStore:
                     self.data_roots.resolve(raw)
                 except OutsideDataRoots as exc:
                     raise InvalidRequest(f"{field}: {exc}", field=field) from None
+        model_roots = self.data_roots + DataRoots.of([models_dir()])
+        for field, folder in named_model_folders(spec):
+            if not model_roots.contains(Path(folder).expanduser()):
+                raise InvalidRequest(
+                    f"{field}: {folder} is outside the data roots and the models cache "
+                    f"({model_roots.describe()}); name a registered or cached model, or a "
+                    "model folder inside them",
+                    field=field,
+                )
         for field, file_id in named_file_ids(spec):
             try:
                 self.files.content_path(file_id)

@@ -179,8 +179,8 @@ def fake_model(items: list[TaskItem]) -> FakeModelService:
 
 async def test_tripost_eval_stage_scores_first_attempt_and_final_answer(tmp_path: Path) -> None:
     artifacts = tmp_path / "art"
-    model = tmp_path / "model"
-    model.mkdir()
+    model = artifacts / "model"  # a folder a job may load: inside the data roots
+    model.mkdir(parents=True)
     (model / "config.json").write_text("{}")
     spec = tripost(items=4, eval={"items": 2})
     stages = job_stages(spec)

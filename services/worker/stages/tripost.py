@@ -162,7 +162,7 @@ class TripostCollectStage(Stage):
         if opts.model is not None:
             root = runtime.settings.artifacts_dir.expanduser()
             extras["model"] = opts.model
-            extras["model_path"] = resolve_local_model(opts.model, root)
+            extras["model_path"] = resolve_local_model(opts.model, runtime.settings)
             if is_tripost_model(opts.model, root):
                 demos = []
         extras["demos"] = [list(d) for d in demos]
