@@ -150,6 +150,17 @@ class ScoreRequest(Strict):
         "same continuation with and without a rationale (given: ['<BOT>r<EOT>\\n', '']), "
         "both sharing the context's tokens.",
     )
+    contexts: list[list[ChatMessage] | str] | None = Field(
+        default=None,
+        description="More contexts, for continuations of several prefixes in one batch (a "
+        "beam search's pool): with `context_index`, continuation i follows "
+        "`[context, *contexts][context_index[i]]`.",
+    )
+    context_index: list[int] | None = Field(
+        default=None,
+        description="Per continuation, its context: 0 = `context`, k = `contexts[k-1]` "
+        "(default: all follow `context`).",
+    )
     decay: float = Field(default=1.0, gt=0.0, le=1.0, description="w_i = decay**i.")
     aggregate: Aggregate = Field(default=Aggregate.mean, description="Which value is `score`.")
     return_tokens: bool = Field(default=True, description="Include per-token logprobs.")
@@ -171,6 +182,31 @@ class ScoreRequest(Strict):
                 "per continuation"
             )
         return v
+
+    @field_validator("context_index")
+    @classmethod
+    def _index_per_continuation(cls, v: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        if v is None:
+            return v
+        continuations = info.data.get("continuations")
+        if continuations is not None and len(v) != len(continuations):
+            raise ValueError(
+                f"context_index holds {len(v)} entries for {len(continuations)} continuations"
+            )
+        n = 1 + len(info.data.get("contexts") or [])
+        if any(i < 0 or i >= n for i in v):
+            raise ValueError(f"context_index entries must lie in 0..{n - 1}")
+        return v
+
+    def all_contexts(self) -> list[list[ChatMessage] | str]:
+        """``context`` then ``contexts``."""
+        return [self.context, *(self.contexts or [])]
+
+    def context_indices(self) -> list[int]:
+        """Per continuation, the index of its context in :meth:`all_contexts`."""
+        if self.context_index is None:
+            return [0] * len(self.continuations)
+        return list(self.context_index)
 
     def given_texts(self) -> list[str]:
         """The text before each continuation ('' where none)."""

@@ -177,14 +177,16 @@ class ModelService:
                 f"at most {self.settings.max_continuations} continuations per request, got {k}",
                 field="continuations",
             )
-        if isinstance(req.context, str):
-            prefix = req.context
-        else:
-            prefix = prompts.chat_prompt(self.engine.tokenizer, req.context)
+        prefixes = [
+            c if isinstance(c, str) else prompts.chat_prompt(self.engine.tokenizer, c)
+            for c in req.all_contexts()
+        ]
         # A causal model's log-probs of the continuation do not depend on what follows it,
         # so the continuation is scored as the text right after the generation prompt.
         # ``given`` text (a rationale) conditions its continuation without being scored.
-        heads = [prefix + g for g in req.given_texts()]
+        heads = [
+            prefixes[i] + g for i, g in zip(req.context_indices(), req.given_texts(), strict=True)
+        ]
         job = ScoreJob(
             texts=[h + c for h, c in zip(heads, req.continuations, strict=True)],
             spans=[

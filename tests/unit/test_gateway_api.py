@@ -167,9 +167,14 @@ async def test_reason_stream_sends_one_event_per_step_then_done() -> None:
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/event-stream")
     events = sse_events(r.text)
-    assert [e for e, _ in events] == ["step", "step", "done"]
+    assert [e for e, _ in events if e != "node"] == ["step", "step", "done"]
     assert events[0][1]["index"] == 0
     assert events[-1][1]["steps"] == ["2 + 3 = 5.", "The answer is: 5"]
+    # Each step's tree nodes follow its step event; the final tree holds them all.
+    nodes = [d for e, d in events if e == "node"]
+    assert nodes and all(n["event"] == "node" for n in nodes)
+    assert [n["id"] for n in nodes] == [n["id"] for n in events[-1][1]["tree"]]
+    assert [n["text"] for n in nodes if n["status"] == "chosen"] == events[-1][1]["steps"]
 
 
 async def test_stream_error_after_start_is_the_last_event() -> None:
@@ -178,7 +183,7 @@ async def test_stream_error_after_start_is_the_last_event() -> None:
     async with served(ups) as client:
         r = await client.post("/v1/reason", json={**Q, "stream": True, "strict": True})
     events = sse_events(r.text)
-    assert [e for e, _ in events] == ["step", "error"]
+    assert [e for e, _ in events if e != "node"] == ["step", "error"]
     error = events[-1][1]["error"]
     assert error["type"] == "service_unavailable"
     assert error["request_id"] == r.headers["x-request-id"]
