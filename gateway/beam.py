@@ -43,9 +43,10 @@ from gateway.loop import (
 )
 from gateway.scoring import aggregate, rank_key
 from gateway.upstreams import Upstreams
-from shared.answers import contains_end_phrase, extract_answer
+from shared.answers import extract_answer
 from shared.gateway_schemas import ReasonRequest, ReasonResponse, Strategy, Timings, TreeNode
 from shared.schemas import RationaleResponse
+from shared.steps import ends_solution, step_text
 
 
 @dataclass
@@ -113,7 +114,7 @@ class BeamSearch(Reasoner):
             )
         else:
             proposals = await self._propose(n, None, index, steps=beam.steps)
-        return [c.text.strip() for c in proposals.candidates], rationale
+        return [step_text(c.text) for c in proposals.candidates], rationale
 
     async def _expand(self, index: int, beams: list[Beam]) -> tuple[list[TreeNode], list[Beam]]:
         """One search step: the nodes it decided and the next live beams."""
@@ -153,7 +154,7 @@ class BeamSearch(Reasoner):
         by_index: dict[int, TreeNode] = {}
         for i, c in enumerate(pool):
             parent = beams[c.beam].nodes[-1] if beams[c.beam].nodes else None
-            done = contains_end_phrase(c.text)
+            done = ends_solution(c.text)
             node = TreeNode(
                 id=f"n{len(self.tree) + len(nodes)}",
                 parent=parent,
@@ -255,7 +256,7 @@ class BeamSearch(Reasoner):
         best = self._best(beams)
         if best is not None:
             self.steps = list(best.steps)
-            self.finished = bool(best.steps) and contains_end_phrase(best.steps[-1])
+            self.finished = bool(best.steps) and ends_solution(best.steps[-1])
             chosen = set(best.nodes)
             for node in self.tree:
                 if node.id in chosen:

@@ -62,7 +62,7 @@ from gateway.heuristics import (
 from gateway.prompts import scoring_context
 from gateway.upstreams import ServiceName, Upstreams
 from shared.answer_kinds import AnswerKind
-from shared.answers import contains_end_phrase, extract_answer
+from shared.answers import extract_answer
 from shared.errors import InvalidRequest, ServiceError, ServiceUnavailable
 from shared.gateway_schemas import (
     CandidateTrace,
@@ -88,6 +88,7 @@ from shared.schemas import (
     RationaleResponse,
     ScoreRequest,
 )
+from shared.steps import ends_solution, solution_answer, step_text
 
 logger = logging.getLogger(__name__)
 
@@ -510,7 +511,7 @@ class Reasoner(_Run):
             proposals = await timed_propose(None)
         rationale_text = rationale.rationale if rationale else None
         candidates = list(proposals.candidates)
-        texts = [c.text.strip() for c in candidates]
+        texts = [step_text(c.text) for c in candidates]
         repeat_of = find_repeats(texts, self.steps)
         retry_t: float | None = None
         if not forced and all_repeat(texts, repeat_of):
@@ -523,7 +524,7 @@ class Reasoner(_Run):
                 seed_offset=RETRY_SEED_OFFSET,
             )
             candidates += more.candidates
-            texts += [c.text.strip() for c in more.candidates]
+            texts += [step_text(c.text) for c in more.candidates]
             repeat_of = find_repeats(texts, self.steps)
         phase1_ms = _ms(time.perf_counter() - phase1)
 
@@ -708,7 +709,7 @@ class Reasoner(_Run):
             yield trace
             for node in self._add_nodes(trace):
                 yield node
-            if contains_end_phrase(trace.step):
+            if ends_solution(trace.step):
                 self.finished = True
                 break
         # A cancelled search stops here, and so does one out of budget.
@@ -738,7 +739,7 @@ class Reasoner(_Run):
         return ReasonResponse(
             id=self.request_id,
             question=self.question,
-            answer=extract_answer("\n".join(self.steps)),
+            answer=solution_answer(self.steps),
             steps=list(self.steps),
             finished=self.finished,
             finish=self.finish(),

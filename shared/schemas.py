@@ -19,6 +19,8 @@ from pydantic import (
     field_validator,
 )
 
+from shared.answer_kinds import AnswerKind
+
 NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
 """A string that must contain at least one character (whitespace counts)."""
 
@@ -118,6 +120,59 @@ class Candidate(Strict):
 
 class ProposeResponse(Strict):
     candidates: list[Candidate]
+
+
+# --------------------------------------------------------------------------------------------
+# POST /v1/rollout
+
+
+class RolloutRequest(Trajectory):
+    """Complete a partial solution (``steps``, possibly empty) to its end, ``n`` times.
+
+    Each completion continues the agent's chat one step (one assistant turn) at a time until
+    a step states an answer, ``max_steps`` steps were written, or the context is full.
+    """
+
+    n: int = Field(default=1, ge=1, le=64, description="Completions, decoded in one batch.")
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(
+        default=None, description="Same seed, same completions (completion i is fixed by it)."
+    )
+    max_steps: int = Field(
+        default=8, ge=1, le=64, description="Most steps written after the given ones."
+    )
+    max_step_tokens: int = Field(default=96, ge=1, le=2048, description="Tokens per step.")
+    few_shot: list[Demo] | None = Field(
+        default=None,
+        description="Worked examples; None uses the default set of the answer kind.",
+    )
+    answer_kind: AnswerKind | None = Field(
+        default=None,
+        description="Which default demos to use; None detects it from the question.",
+    )
+
+
+class RolloutCompletion(Strict):
+    steps: list[str] = Field(description="The steps written after the given ones.")
+    answer: str | None = Field(
+        description="The answer the solution states (given and written steps); None if none."
+    )
+    finished: bool = Field(description="Whether the solution states an answer.")
+    completion_tokens: int = Field(description="Tokens sampled for this completion.")
+
+
+class RolloutUsage(Strict):
+    prompt_tokens: int = Field(
+        description="Prompt tokens of every engine call (the shared prompt counted once)."
+    )
+    completion_tokens: int
+
+
+class RolloutResponse(Strict):
+    id: str
+    completions: list[RolloutCompletion]
+    usage: RolloutUsage
 
 
 # --------------------------------------------------------------------------------------------
