@@ -92,9 +92,11 @@ class LikelihoodSolutionScorer:
     ) -> list[ScoredSolution]:
         run = self.run
         rationales: dict[tuple[str, ...], str] = {}
-        if run.heuristic.wants_rationale:
+        if run.heuristic.kind is Heuristic.rationalyst:  # explicit: scored without one
             prefixes = list(dict.fromkeys(tuple(s[:i]) for s in solutions for i in range(len(s))))
             rationales = await self._rationales(prefixes)
+            if not run.heuristic.wants_rationale:  # the rationalyst failed: likelihood
+                rationales = {}
         items: list[tuple[Sequence[str], str, str | None]] = []
         for solution in solutions:
             for i, step in enumerate(solution):

@@ -14,6 +14,7 @@ from gateway.beam import BeamSearch
 from gateway.loop import Reasoner
 from gateway.scoring import check_scorer
 from gateway.self_improve import SelfImproveSearch
+from gateway.solutions import SolutionsSearch
 from gateway.upstreams import ServiceName, Upstreams
 from shared.errors import InvalidRequest
 from shared.gateway_schemas import (
@@ -73,8 +74,12 @@ def build_search(
                 answer_grace_s=answer_grace_s,
             )
         case Strategy.best_of_n | Strategy.vote | Strategy.weighted_vote:
-            raise InvalidRequest(
-                f"strategy: {request.strategy} is not available yet", field="strategy"
+            return SolutionsSearch(
+                request,
+                upstreams,
+                max_deadline_s=max_deadline_s,
+                request_id=request_id,
+                answer_grace_s=answer_grace_s,
             )
         case Strategy.self_improve:
             return SelfImproveSearch(

@@ -273,3 +273,105 @@ def test_out_of_range_options_fail_validation_naming_the_field(
     with pytest.raises(ValueError) as info:
         req(**options)
     assert field in str(info.value)
+
+
+# -- best_of_n, vote, weighted_vote ----------------------------------------------------------
+
+SOLUTIONS = (
+    ("p", "The answer is: 10"),
+    ("The answer is: 11",),
+    ("q", "The answer is: 12"),
+    ("r", "s", "t", "The answer is: 13"),
+)
+STEP_SCORES = {
+    "p": -2.0,
+    "The answer is: 10": -0.05,
+    "The answer is: 11": -0.9,
+    "q": -0.6,
+    "The answer is: 12": -0.6,
+    "r": -0.1,
+    "s": -0.1,
+    "t": -0.1,
+    "The answer is: 13": -1.0,
+}
+
+
+@pytest.mark.parametrize(
+    ("aggregation", "answer"), [("min", "12"), ("prod", "11"), ("last", "10"), ("mean", "13")]
+)
+async def test_best_of_n_picks_the_max_by_each_aggregation(aggregation: str, answer: str) -> None:
+    agent = FakeModelService("agent", solutions=SOLUTIONS)
+    scorer = FakeModelService("scorer", scores=STEP_SCORES)
+    res = await run(
+        req(strategy="best_of_n", n=4, heuristic="likelihood", aggregation=aggregation),
+        agent=agent,
+        scorer=scorer,
+    )
+    assert res.answer == answer and res.strategy is Strategy.best_of_n
+    # One rollout for all n, one scorer call for every step of every solution.
+    assert [r.n for r in agent.requests("rollout")] == [4]
+    (score_req,) = scorer.requests("score")
+    assert sorted(score_req.continuations) == sorted(STEP_SCORES)
+    chosen = [n for n in res.tree if n.status == "chosen"]
+    assert [n.text for n in chosen] == res.steps
+    assert chosen[-1].answer == answer and chosen[-1].aggregate is not None
+    assert sum(n.status == "finished" for n in res.tree) == 3
+    assert res.usage.phases["rollout"].calls == 1 and res.usage.phases["score"].calls == 1
+
+
+async def test_vote_takes_the_most_frequent_normalized_answer() -> None:
+    solutions = [
+        ("a", "The answer is: 5"),
+        ("b", "The answer is: 7.0"),
+        ("c", "The answer is: 5"),
+        ("d", "The answer is **7**."),
+        ("e", "The answer is: 7"),
+        ("f", "no answer"),
+    ]
+    agent = FakeModelService("agent", solutions=solutions)
+    scorer = FakeModelService("scorer")
+    res = await run(req(strategy="vote", n=6), agent=agent, scorer=scorer)
+    assert res.answers == {"5": 2.0, "7": 3.0}
+    assert res.steps == ["b", "The answer is: 7.0"]  # the first solution of the winner
+    assert scorer.calls == []  # voting scores nothing
+
+
+async def test_vote_ties_go_to_the_answer_reached_first() -> None:
+    solutions = [("The answer is: 9",), ("The answer is: 4",), ("The answer is: 4",)]
+    solutions.append(("The answer is: 9",))
+    res = await run(req(strategy="vote", n=4), agent=FakeModelService("agent", solutions=solutions))
+    assert res.answer == "9" and res.answers == {"9": 2.0, "4": 2.0}
+
+
+async def test_weighted_vote_sums_scores_where_plain_vote_counts() -> None:
+    solutions = [("x", "The answer is: 1"), ("y", "The answer is: 1"), ("z", "The answer is: 2")]
+    scores = {"x": -3.0, "y": -3.0, "z": -0.1, "The answer is: 1": -3.0, "The answer is: 2": -0.1}
+
+    async def go(strategy: str) -> ReasonResponse:
+        return await run(
+            req(strategy=strategy, n=3, heuristic="likelihood"),
+            agent=FakeModelService("agent", solutions=solutions),
+            scorer=FakeModelService("scorer", scores=scores),
+        )
+
+    assert (await go("vote")).answer == "1"
+    weighted = await go("weighted_vote")
+    assert weighted.answer == "2"
+    assert weighted.answers["2"] == pytest.approx(0.904837, abs=1e-5)  # exp(-0.1)
+    assert weighted.answers["1"] == pytest.approx(2 * 0.049787, abs=1e-5)  # 2 exp(-3)
+
+
+async def test_best_of_n_budget_drops_the_solutions_past_it() -> None:
+    long = ("one two three four five six seven eight nine ten", "The answer is: 3")
+    agent = FakeModelService("agent", solutions=[("The answer is: 1",), long, long])
+    res = await run(
+        req(strategy="best_of_n", n=3, max_step_tokens=4, max_tokens_budget=20), agent=agent
+    )
+    assert res.budget_reached and res.answer == "1"
+    assert len({n.id for n in res.tree}) == 1
+
+
+async def test_solutions_past_the_deadline_return_the_best_so_far() -> None:
+    agent = FakeModelService("agent", delay_s=0.5)
+    res = await run(req(strategy="vote", n=2, deadline_s=0.05), agent=agent)
+    assert res.deadline_reached and res.steps == [] and res.finish is Finish.deadline
