@@ -134,7 +134,7 @@ async def chat_completion(
     req, warnings = to_reason_request(chat, state.settings.served_model_name)
     response = await reason(state, req, request_id, "chat")
     response.warnings[:0] = warnings
-    return to_chat_completion(response, state.settings.served_model_name)
+    return to_chat_completion(response, chat.model)
 
 
 async def verify(state: GatewayState, req: VerifyRequest, request_id: str | None) -> VerifyResponse:

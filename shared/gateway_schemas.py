@@ -587,7 +587,11 @@ class GatewayChatRequest(Lenient):
     """OpenAI chat request. The last user message is the question; extra body fields
     (`heuristic`, `n_candidates`, `max_steps`, ...) set the search options."""
 
-    model: str = Field(description="Must be the served model name (`rationalyst`).")
+    model: str = Field(
+        description="The served model name (`rationalyst`), or a strategy's model id "
+        "(`rationalyst-beam`, `rationalyst-best-of-n`, `rationalyst-vote`, "
+        "`rationalyst-weighted-vote`)."
+    )
     messages: list[OAChatMessage] = Field(min_length=1)
     stream: bool = False
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
@@ -618,6 +622,9 @@ class GatewayChatRequest(Lenient):
     n_beams: int | None = Field(default=None, ge=1, le=16)
     aggregation: Aggregation | None = None
     max_tokens_budget: int | None = Field(default=None, ge=1)
+    n_solutions: int | None = Field(
+        default=None, ge=1, le=64, description="The `n` of /v1/reason (chat's own n is 1)."
+    )
 
 
 class ChatMessageOut(BaseModel):
