@@ -3,6 +3,7 @@ finished beams, batching and degradation, budgets and request validation."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import pytest
@@ -375,3 +376,44 @@ async def test_solutions_past_the_deadline_return_the_best_so_far() -> None:
     agent = FakeModelService("agent", delay_s=0.5)
     res = await run(req(strategy="vote", n=2, deadline_s=0.05), agent=agent)
     assert res.deadline_reached and res.steps == [] and res.finish is Finish.deadline
+
+
+# -- deadline and cancellation apply to every strategy -------------------------------------
+
+
+class SlowAfterFirstStep(FakeModelService):
+    """Proposes at once at depth 0, then takes a second per call."""
+
+    async def propose(self, req: ProposeRequest):  # type: ignore[no-untyped-def]
+        if req.steps:
+            await asyncio.sleep(1.0)
+        return await super().propose(req)
+
+
+async def test_beam_deadline_returns_the_best_beam_so_far() -> None:
+    agent = SlowAfterFirstStep("agent", proposals=(("a", "b"),))
+    scorer = FakeModelService("scorer", scores={"a": -2.0, "b": -1.0})
+    res = await run(
+        req(strategy="beam", n_beams=2, beam_width=1, heuristic="likelihood", deadline_s=0.3),
+        agent=agent,
+        scorer=scorer,
+    )
+    assert res.deadline_reached and res.steps[0] == "b"
+    assert by_text(res)["b"] == "chosen"
+
+
+async def test_cancel_stops_beam_and_solution_searches() -> None:
+    for strategy in ("beam", "vote"):
+        agent = SlowAfterFirstStep("agent", proposals=(("a", "b"),), delay_s=0.0)
+        if strategy == "vote":
+            agent.delay_s = 5.0
+        search = build_search(
+            req(strategy=strategy, n_beams=2, beam_width=1, n=2, heuristic="likelihood"),
+            fake_upstreams(agent=agent),
+        )
+        task = asyncio.create_task(run_to_end(search))
+        await asyncio.sleep(0.2)
+        search.cancel()
+        res = await asyncio.wait_for(task, 2.0)
+        assert res.cancelled and res.finish is Finish.cancelled, strategy
+        assert any("cancelled" in w for w in res.warnings)
