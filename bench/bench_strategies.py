@@ -7,11 +7,12 @@ every strategy, one run, the same model services.
 Without URLs it starts three model services on the embedded model and a gateway on free
 loopback ports (the thread budget `rationalyst up` gives them) and stops them at the end.
 
-batching: for each N of ``--beams``, ``strategy: beam`` (n_beams N, beam_width 1, heuristic
+batching: for each N of ``--beams``, ``strategy: beam`` (n_beams N, beam_width 2, heuristic
 likelihood) on ``--questions`` questions, one at a time. Printed: scorer calls per search step
 (goal: 1 whatever N: the pool of every beam goes to the scorer in one call), and beam's
-throughput / that of N independent ``step`` searches of the same questions (n_candidates 1,
-i.e. the same proposals per step; the N run concurrently), both in questions per second.
+throughput / that of N independent ``step`` searches of the same questions (n_candidates 2,
+i.e. the same proposals per path and step; the N run concurrently), both in questions per
+second.
 
 accuracy: every strategy (step, beam, best_of_n, vote, weighted_vote; heuristic likelihood) on
 ``--questions`` items of a generated task (multistep_arithmetic) and of a BIG-bench task (the
@@ -134,7 +135,7 @@ async def batching(args: argparse.Namespace, client: httpx.AsyncClient) -> None:
         for q in questions:
             res = await reason(
                 client,
-                {"question": q, **common, "strategy": "beam", "n_beams": n, "beam_width": 1},
+                {"question": q, **common, "strategy": "beam", "n_beams": n, "beam_width": 2},
             )
             score = res["usage"]["phases"].get("score", {"calls": 0})["calls"]
             per_step.append(score / search_steps(res))
@@ -143,7 +144,7 @@ async def batching(args: argparse.Namespace, client: httpx.AsyncClient) -> None:
         for q in questions:
             await asyncio.gather(
                 *(
-                    reason(client, {"question": q, **common, "n_candidates": 1, "seed": 1 + i})
+                    reason(client, {"question": q, **common, "n_candidates": 2, "seed": 1 + i})
                     for i in range(n)
                 )
             )
