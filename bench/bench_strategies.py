@@ -1,7 +1,7 @@
 """Search-strategy benchmark: beam search's batching, and accuracy against tokens spent for
 every strategy, one run, the same model services.
 
-    python bench/bench_strategies.py [--questions 3] [--beams 2,4] [--parts batching,accuracy] \
+    python bench/bench_strategies.py [--questions 2] [--beams 2,4] [--parts batching,accuracy] \
         [--threads N] [--rationalyst-url U --agent-url U --scorer-url U]
 
 Without URLs it starts three model services on the embedded model and a gateway on free
@@ -203,7 +203,7 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--questions", type=int, default=3, help="Questions per part and task.")
+    p.add_argument("--questions", type=int, default=2, help="Questions per part and task.")
     p.add_argument("--beams", default="2,4", help="batching: the N of beam (n_beams).")
     p.add_argument("--n", type=int, default=4, help="accuracy: beams, candidates, solutions.")
     p.add_argument("--max-steps", type=int, default=3)

@@ -201,7 +201,7 @@ def test_openai_client_completion_and_stream(gateway_url: str) -> None:
     from openai import OpenAI
 
     oa = OpenAI(base_url=f"{gateway_url}/v1", api_key="unused", timeout=300)
-    assert [m.id for m in oa.models.list().data][0] == "rationalyst"
+    assert oa.models.list().data[0].id == "rationalyst"
     messages = [{"role": "user", "content": QUESTIONS[1]}]
     done = oa.chat.completions.create(
         model="rationalyst", messages=messages, extra_body={**SMALL, "heuristic": "greedy"}
