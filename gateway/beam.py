@@ -41,7 +41,7 @@ from gateway.loop import (
     merge_duplicates,
     step_nodes,
 )
-from gateway.scoring import aggregate, rank_key
+from gateway.scoring import REWARD_HEURISTICS, aggregate, rank_key, reward_scores
 from gateway.upstreams import Upstreams
 from shared.answers import extract_answer
 from shared.gateway_schemas import ReasonRequest, ReasonResponse, Strategy, Timings, TreeNode
@@ -141,7 +141,8 @@ class BeamSearch(Reasoner):
             return [], []
         await self._score(pool, beams, index)
         for c in pool:
-            c.value = aggregate([*beams[c.beam].scores, c.score], self.request.aggregation)
+            if c.value is None:  # a reward model gives the path's score itself
+                c.value = aggregate([*beams[c.beam].scores, c.score], self.request.aggregation)
             if c.value is not None:
                 c.key = c.value
         # Stable sort: ties keep the pool's order (earlier beam, then earlier candidate).
@@ -190,6 +191,13 @@ class BeamSearch(Reasoner):
         """Score the whole pool in one call (the heuristic's rule for the rationale); after a
         scorer failure, as the degraded heuristic does."""
         h = self.heuristic
+        reward = getattr(self, "reward", None)
+        if h.kind.value in REWARD_HEURISTICS and reward is not None:
+            paths = [[*beams[c.beam].steps, c.text] for c in pool]
+            scored = await reward_scores(self, reward, paths, self.request.aggregation)
+            for c, (steps, value) in zip(pool, scored, strict=True):
+                c.score, c.value = steps[-1], value
+            return
         if h.uses_scorer:
             with_rationale = h.wants_rationale and not h.rationale_in_prompt
             items = [

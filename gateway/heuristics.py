@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from shared.errors import InvalidRequest
 from shared.gateway_schemas import Heuristic
 
 ScoreFn = Callable[[Sequence[str], str | None], Awaitable[list[float]]]
@@ -175,11 +174,6 @@ def build_heuristic(kind: Heuristic, *, rng: random.Random) -> StepHeuristic:
             return RandomHeuristic(rng)
         case Heuristic.greedy:
             return GreedyHeuristic()
-        case Heuristic.prm | Heuristic.orm:
-            raise InvalidRequest(
-                f"heuristic: {kind.value} needs a reward service, which is not configured",
-                field="heuristic",
-            )
     raise ValueError(f"unknown heuristic {kind!r}")  # pragma: no cover
 
 

@@ -238,7 +238,11 @@ class _Run:
     def budget_tokens(self) -> int:
         """Generated tokens of every service plus the scorer's scored tokens."""
         generated = sum(c.completion_tokens or 0 for c in self.counters.values())
-        return generated + (self.counters["scorer"].prompt_tokens or 0)
+        reward = self.phases.get("reward")  # a reward model's scored tokens
+        scored = (self.counters["scorer"].prompt_tokens or 0) + (
+            (reward.prompt_tokens or 0) if reward else 0
+        )
+        return generated + scored
 
     # -- upstream calls -----------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.heuristics import without_scorer
 from shared.errors import InvalidRequest
@@ -145,13 +145,54 @@ class RandomSolutionScorer:
         ]
 
 
+class RewardSolutions(Protocol):
+    """What a run's reward scorer offers (``run.reward``: the reward service's client for
+    the question): one ``/v1/reward`` call for many solutions, answering ``results`` with
+    ``step_scores`` and ``min``/``prod``/``last``/``mean`` each, and ``usage.prompt_tokens``."""
+
+    async def solutions(self, solutions: Sequence[Sequence[str]]) -> Any: ...
+
+
+async def reward_scores(
+    run: _Run, reward: RewardSolutions, paths: Sequence[Sequence[str]], how: Aggregation
+) -> list[tuple[list[float | None], float]]:
+    """Every path in ONE reward call: its step scores (ORM: none) and its score by ``how``
+    (computed by the service; probabilities, so ``prod`` is a product). Counted under the
+    phase ``reward`` and in the budget."""
+    counter = run._phase("reward")
+    counter.calls += 1
+    res = await reward.solutions([list(p) for p in paths])
+    counter.add(prompt=int(res.usage.prompt_tokens))
+    out: list[tuple[list[float | None], float]] = []
+    for result, path in zip(res.results, paths, strict=True):
+        steps: list[float | None] = [float(s) for s in result.step_scores]
+        out.append((steps or [None] * len(path), float(getattr(result, how.value))))
+    return out
+
+
+class RewardSolutionScorer:
+    """A reward model (``prm``/``orm``) scores every solution in one call; the value is its
+    ``aggregation`` of the PRM's step probabilities (ORM: the outcome score)."""
+
+    def __init__(self, run: _Run, reward: RewardSolutions, kind: Heuristic) -> None:
+        self.run = run
+        self.reward = reward
+        self.kind = kind
+
+    async def score(
+        self, solutions: Sequence[Sequence[str]], how: Aggregation
+    ) -> list[ScoredSolution]:
+        scored = await reward_scores(self.run, self.reward, solutions, how)
+        return [ScoredSolution(s, v, [None] * len(s)) for s, v in scored]
+
+
 REWARD_HEURISTICS: frozenset[str] = frozenset({"prm", "orm"})
-"""Heuristic names of a reward service (not configured in this gateway yet)."""
+"""Heuristic names of a reward service."""
 
 
-def check_scorer(heuristic: Heuristic | str) -> None:
-    """422 for a scorer this gateway cannot run."""
-    if str(heuristic) in REWARD_HEURISTICS:
+def check_scorer(heuristic: Heuristic | str, reward: object | None = None) -> None:
+    """422 for a reward scorer when the gateway has no reward service (``reward``)."""
+    if str(heuristic) in REWARD_HEURISTICS and reward is None:
         raise InvalidRequest(
             f"heuristic: {heuristic} needs a reward service, which is not configured "
             "(GATEWAY_REWARD_URL)",
@@ -162,7 +203,10 @@ def check_scorer(heuristic: Heuristic | str) -> None:
 def build_solution_scorer(run: _Run) -> SolutionScorer:
     """The solution scorer of the run's current heuristic (it follows its degradations)."""
     kind = run.heuristic.kind
-    check_scorer(kind)
+    if kind.value in REWARD_HEURISTICS:
+        reward = getattr(run, "reward", None)
+        check_scorer(kind, reward)
+        return RewardSolutionScorer(run, reward, kind)  # type: ignore[arg-type]
     if run.heuristic.uses_scorer:
         return LikelihoodSolutionScorer(run, kind)
     return RandomSolutionScorer(kind, run.rng)

@@ -55,7 +55,7 @@ def build_search(
 ) -> Search:
     """The search ``request.strategy`` names. Raises InvalidRequest (422 naming the field) for
     options that strategy cannot honour."""
-    check_request(request)
+    check_request(request, upstreams)
     match request.strategy:
         case Strategy.step:
             return Reasoner(
@@ -111,10 +111,11 @@ def step_cost(request: ReasonRequest) -> int:
     return n * step + rationale
 
 
-def check_request(request: ReasonRequest) -> None:
-    """422 naming the field for options that do not fit together."""
+def check_request(request: ReasonRequest, upstreams: Upstreams) -> None:
+    """422 naming the field for options that do not fit together, or a reward heuristic
+    without a reward service (``upstreams.reward``, where the gateway has one)."""
     if request.heuristic in (Heuristic.prm, Heuristic.orm):
-        check_scorer(request.heuristic)
+        check_scorer(request.heuristic, getattr(upstreams, "reward", None))
     if request.strategy is Strategy.beam and request.beam_width > request.n_beams:
         raise InvalidRequest(
             f"beam_width: {request.beam_width} exceeds n_beams ({request.n_beams}); each "

@@ -40,9 +40,12 @@ class Heuristic(StrEnum):
     greedy = "greedy"
     """One candidate, no scoring: plain chain of thought."""
     prm = "prm"
-    """A process reward model's step scores (needs a reward service)."""
+    """The process reward model's score of each candidate as the next step (P(step is good)
+    after trajectory + candidate), all candidates in one /v1/reward call; needs
+    GATEWAY_REWARD_URL."""
     orm = "orm"
-    """An outcome reward model's solution score (needs a reward service)."""
+    """The outcome reward model's score of trajectory + candidate, read as a whole solution;
+    needs GATEWAY_REWARD_URL (a reward service on an ORM)."""
 
 
 class Strategy(StrEnum):

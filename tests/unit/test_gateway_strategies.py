@@ -4,14 +4,26 @@ finished beams, batching and degradation, budgets and request validation."""
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from gateway.loop import ServiceCounter
+from gateway.scoring import RewardSolutionScorer
 from gateway.search import build_search, run_to_end
 from gateway.testing import FakeModelService, fake_upstreams
 from shared.errors import InvalidRequest, ServiceUnavailable
-from shared.gateway_schemas import Finish, ReasonRequest, ReasonResponse, Strategy
+from shared.gateway_schemas import (
+    Aggregation,
+    Finish,
+    Heuristic,
+    ReasonRequest,
+    ReasonResponse,
+    Strategy,
+)
 from shared.schemas import ProposeRequest
 
 pytestmark = pytest.mark.unit
@@ -417,3 +429,51 @@ async def test_cancel_stops_beam_and_solution_searches() -> None:
         res = await asyncio.wait_for(task, 2.0)
         assert res.cancelled and res.finish is Finish.cancelled, strategy
         assert any("cancelled" in w for w in res.warnings)
+
+
+# -- a reward model plugs in behind the solution scorer ------------------------------------
+
+
+class FakeReward:
+    """A reward service's answer: PRM step scores per solution, aggregated as it does."""
+
+    def __init__(self, steps: dict[str, float]) -> None:
+        self.steps = steps
+        self.calls: list[list[list[str]]] = []
+
+    async def solutions(self, solutions: Sequence[Sequence[str]]) -> Any:
+        self.calls.append([list(s) for s in solutions])
+        results = []
+        for s in solutions:
+            p = [self.steps[t] for t in s]
+            results.append(
+                SimpleNamespace(
+                    step_scores=p, min=min(p), prod=math.prod(p), last=p[-1], mean=sum(p) / len(p)
+                )
+            )
+        return SimpleNamespace(results=results, usage=SimpleNamespace(prompt_tokens=40))
+
+
+class PhaseRun:
+    def __init__(self) -> None:
+        self.phases: dict[str, ServiceCounter] = {}
+
+    def _phase(self, name: str) -> ServiceCounter:
+        return self.phases.setdefault(name, ServiceCounter())
+
+
+@pytest.mark.parametrize(("how", "best"), [("min", 1), ("prod", 1), ("last", 0), ("mean", 0)])
+async def test_reward_solution_scorer_aggregates_probabilities_in_one_call(
+    how: str, best: int
+) -> None:
+    reward = FakeReward({"a": 0.5, "b": 0.99, "c": 0.7, "d": 0.75})
+    run = PhaseRun()
+    scorer = RewardSolutionScorer(run, reward, Heuristic.prm)  # type: ignore[arg-type]
+    scored = await scorer.score([["a", "b"], ["c", "d"]], Aggregation(how))
+    assert len(reward.calls) == 1
+    assert scored[0].step_scores == [0.5, 0.99]
+    values = [s.value or 0.0 for s in scored]
+    assert values.index(max(values)) == best
+    if how == "prod":
+        assert scored[0].value == pytest.approx(0.495)  # a product, not a log-sum
+    assert run.phases["reward"].calls == 1 and run.phases["reward"].prompt_tokens == 40
