@@ -38,6 +38,7 @@ from shared.gateway_schemas import (
     SelectRequest,
     SelectResponse,
     StepTrace,
+    TreeNode,
     VerifierKind,
     VerifyRequest,
     VerifyResponse,
@@ -48,7 +49,7 @@ from shared.verify import QuestionError, Verdict, llm_verify, resolve_task, scri
 
 logger = logging.getLogger(__name__)
 
-Item = StepTrace | RoundTrace | ReasonResponse
+Item = StepTrace | RoundTrace | TreeNode | ReasonResponse
 
 
 def check_question(question: str, state: GatewayState) -> None:
@@ -133,7 +134,7 @@ async def chat_completion(
     req, warnings = to_reason_request(chat, state.settings.served_model_name)
     response = await reason(state, req, request_id, "chat")
     response.warnings[:0] = warnings
-    return to_chat_completion(response, state.settings.served_model_name)
+    return to_chat_completion(response, chat.model)
 
 
 async def verify(state: GatewayState, req: VerifyRequest, request_id: str | None) -> VerifyResponse:
@@ -312,8 +313,9 @@ def _sse(event: str, data: str) -> str:
 
 async def reason_events(stream: SearchStream, request_id: str | None) -> AsyncIterator[str]:
     """SSE body of /v1/reason: ``event: step`` per step (``event: round`` per round of
-    self-improvement), ``event: done`` with the response, or ``event: error`` with the
-    envelope as the last event."""
+    self-improvement), ``event: node`` per tree node as it is decided (data: the node with
+    ``"event": "node"``; a node is sent again when its status changes), ``event: done`` with
+    the response, or ``event: error`` with the envelope as the last event."""
     metrics = stream.state.metrics
     try:
         async for item in stream.items():
@@ -321,6 +323,8 @@ async def reason_events(stream: SearchStream, request_id: str | None) -> AsyncIt
                 yield _sse("step", item.model_dump_json())
             elif isinstance(item, RoundTrace):
                 yield _sse("round", item.model_dump_json())
+            elif isinstance(item, TreeNode):
+                yield _sse("node", json.dumps({"event": "node", **item.model_dump(mode="json")}))
             else:
                 metrics.observe_reason(item)
                 _log_payload(stream.state, item)
@@ -354,6 +358,8 @@ async def chat_chunks(
                 yield f"data: {writer.step(item)}\n\n"
             elif isinstance(item, RoundTrace):
                 yield f"data: {writer.round(item)}\n\n"
+            elif isinstance(item, TreeNode):
+                continue  # the tree rides along in the final chunk's `rationalyst`
             else:
                 item.warnings[:0] = warnings
                 metrics.observe_reason(item, "chat")

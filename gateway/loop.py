@@ -62,7 +62,7 @@ from gateway.heuristics import (
 from gateway.prompts import scoring_context
 from gateway.upstreams import ServiceName, Upstreams
 from shared.answer_kinds import AnswerKind
-from shared.answers import contains_end_phrase, extract_answer
+from shared.answers import extract_answer
 from shared.errors import InvalidRequest, ServiceError, ServiceUnavailable
 from shared.gateway_schemas import (
     CandidateTrace,
@@ -77,6 +77,7 @@ from shared.gateway_schemas import (
     StageTimings,
     StepTrace,
     Timings,
+    TreeNode,
     Usage,
 )
 from shared.schemas import (
@@ -87,6 +88,7 @@ from shared.schemas import (
     RationaleResponse,
     ScoreRequest,
 )
+from shared.steps import ends_solution, solution_answer, step_text
 
 logger = logging.getLogger(__name__)
 
@@ -96,9 +98,17 @@ DOWN_ERRORS: tuple[type[ServiceError], ...] = (ServiceUnavailable,)
 """Upstream failures that trigger a fallback (non-strict) instead of failing the request: the
 service is unreachable or answered 503. A timeout (UpstreamTimeout) is not one of them."""
 
+_DEFAULT_PHASE: dict[ServiceName, str] = {
+    "rationalyst": "rationale",
+    "agent": "propose",
+    "scorer": "score",
+}
+
 DEFAULT_ANSWER_GRACE_S = 10.0
 """Longest the forced answer step may run past the deadline (GATEWAY_ANSWER_GRACE_S)."""
 RETRY_SEED_OFFSET = 1_000_003
+SCORE_BATCH = 64
+"""Most continuations in one /v1/score call (the model service's default max_continuations)."""
 """Added to a step's seed for the retry after every candidate repeated the trajectory."""
 
 
@@ -204,13 +214,43 @@ class _Run:
             "agent": ServiceCounter(),
             "scorer": ServiceCounter(),
         }
+        self.phases: dict[str, ServiceCounter] = {}
+        self.phase: str | None = None
+        """Set by a strategy to file the next calls under a phase other than the default."""
+
+    # -- accounting ---------------------------------------------------------------------------
+
+    def _phase(self, default: str) -> ServiceCounter:
+        return self.phases.setdefault(self.phase or default, ServiceCounter())
+
+    def count(
+        self,
+        service: ServiceName,
+        phase: str,
+        *,
+        prompt: int | None = None,
+        completion: int | None = None,
+    ) -> None:
+        """Record a call's tokens for its service and its phase."""
+        self.counters[service].add(prompt=prompt, completion=completion)
+        self._phase(phase).add(prompt=prompt, completion=completion)
+
+    def budget_tokens(self) -> int:
+        """Generated tokens of every service plus the scorer's scored tokens."""
+        generated = sum(c.completion_tokens or 0 for c in self.counters.values())
+        reward = self.phases.get("reward")  # a reward model's scored tokens
+        scored = (self.counters["scorer"].prompt_tokens or 0) + (
+            (reward.prompt_tokens or 0) if reward else 0
+        )
+        return generated + scored
 
     # -- upstream calls -----------------------------------------------------------------------
 
-    async def _call(self, service: ServiceName, call: Awaitable[T]) -> T:
+    async def _call(self, service: ServiceName, call: Awaitable[T], phase: str = "") -> T:
         """Await one upstream call: count it; a response that does not parse means the
         service is broken, which is reported as it being unavailable."""
         self.counters[service].calls += 1
+        self._phase(phase or _DEFAULT_PHASE[service]).calls += 1
         try:
             return await call
         except ServiceError:
@@ -244,9 +284,10 @@ class _Run:
         try:
             res = await self._call("rationalyst", self.upstreams.rationalyst.rationale(req))
         except DOWN_ERRORS as exc:
-            self._degrade("rationalyst", without_rationale(self.heuristic.kind), step, exc)
+            if self.heuristic.wants_rationale:  # beams asking at once degrade once
+                self._degrade("rationalyst", without_rationale(self.heuristic.kind), step, exc)
             return None
-        self.counters["rationalyst"].add(completion=res.num_tokens)
+        self.count("rationalyst", "rationale", completion=res.num_tokens)
         return res
 
     async def score(
@@ -260,10 +301,44 @@ class _Run:
             return_tokens=False,
         )
         res = await self._call("scorer", self.upstreams.scorer.score(req))
-        self.counters["scorer"].add(prompt=res.prompt_tokens)
+        self.count("scorer", "score", prompt=res.prompt_tokens)
         if len(res.scores) != len(candidates):
             raise ServiceUnavailable(
                 f"scorer returned {len(res.scores)} scores for {len(candidates)} continuations"
+            )
+        return [s.decayed_sum / s.num_tokens if s.num_tokens else -math.inf for s in res.scores]
+
+    async def score_many(
+        self, items: Sequence[tuple[Sequence[str], str, str | None]]
+    ) -> list[float]:
+        """Score continuations of several prefixes: ``(steps, candidate, rationale)`` each, as
+        the next step after its prefix (and rationale), in one /v1/score call per
+        :data:`SCORE_BATCH` continuations (one call for every pool up to that size; chunks of
+        a larger one run concurrently). Each distinct (prefix, rationale) is one context."""
+        chunks = [items[i : i + SCORE_BATCH] for i in range(0, len(items), SCORE_BATCH)]
+        results = await asyncio.gather(*(self._score_chunk(c) for c in chunks))
+        return [score for chunk in results for score in chunk]
+
+    async def _score_chunk(
+        self, items: Sequence[tuple[Sequence[str], str, str | None]]
+    ) -> list[float]:
+        keys: dict[tuple[tuple[str, ...], str | None], int] = {}
+        for steps, _, rationale in items:
+            keys.setdefault((tuple(steps), rationale), len(keys))
+        contexts = [scoring_context(self.question, k[0], self.demos, k[1]) for k in keys]
+        req = ScoreRequest(
+            context=contexts[0],
+            contexts=contexts[1:] or None,
+            context_index=[keys[(tuple(st), r)] for st, _, r in items] if len(keys) > 1 else None,
+            continuations=[c for _, c, _ in items],
+            decay=self.decay,
+            return_tokens=False,
+        )
+        res = await self._call("scorer", self.upstreams.scorer.score(req))
+        self.count("scorer", "score", prompt=res.prompt_tokens)
+        if len(res.scores) != len(items):
+            raise ServiceUnavailable(
+                f"scorer returned {len(res.scores)} scores for {len(items)} continuations"
             )
         return [s.decayed_sum / s.num_tokens if s.num_tokens else -math.inf for s in res.scores]
 
@@ -319,6 +394,8 @@ class _Run:
             rationalyst=self.counters["rationalyst"].model(),
             agent=self.counters["agent"].model(),
             scorer=self.counters["scorer"].model(),
+            phases={name: c.model() for name, c in self.phases.items()},
+            budget_tokens=self.budget_tokens(),
         )
 
 
@@ -357,7 +434,9 @@ class Reasoner(_Run):
         self._step_timeout: asyncio.Timeout | None = None
         self.forced_answer = False
         self.out_of_candidates = False
+        self.budget_reached = False
         self.repeats = 0
+        self.tree: list[TreeNode] = []
         if request.heuristic is Heuristic.greedy:
             if "n_candidates" in request.model_fields_set and request.n_candidates != 1:
                 self.warnings.append("greedy proposes one candidate per step; n_candidates ignored")
@@ -377,11 +456,12 @@ class Reasoner(_Run):
         temperature: float | None = None,
         seed_offset: int = 0,
         prefix: str | None = None,
+        steps: Sequence[str] | None = None,
     ) -> ProposeResponse:
         seed = self.request.seed
         req = ProposeRequest(
             question=self.question,
-            steps=list(self.steps),
+            steps=list(self.steps if steps is None else steps),
             n=n,
             temperature=self.temperature if temperature is None else temperature,
             seed=None if seed is None else seed + step + seed_offset,
@@ -390,8 +470,9 @@ class Reasoner(_Run):
             rationale=rationale,
             step_prefix=prefix,
         )
-        res = await self._call("agent", self.upstreams.agent.propose(req))
-        self.counters["agent"].add(completion=sum(c.num_tokens for c in res.candidates))
+        phase = "answer" if prefix else "propose"
+        res = await self._call("agent", self.upstreams.agent.propose(req), phase)
+        self.count("agent", phase, completion=sum(c.num_tokens for c in res.candidates))
         return res
 
     async def _step(self, index: int, *, forced: bool = False) -> StepTrace | None:
@@ -434,7 +515,7 @@ class Reasoner(_Run):
             proposals = await timed_propose(None)
         rationale_text = rationale.rationale if rationale else None
         candidates = list(proposals.candidates)
-        texts = [c.text.strip() for c in candidates]
+        texts = [step_text(c.text) for c in candidates]
         repeat_of = find_repeats(texts, self.steps)
         retry_t: float | None = None
         if not forced and all_repeat(texts, repeat_of):
@@ -447,7 +528,7 @@ class Reasoner(_Run):
                 seed_offset=RETRY_SEED_OFFSET,
             )
             candidates += more.candidates
-            texts += [c.text.strip() for c in more.candidates]
+            texts += [step_text(c.text) for c in more.candidates]
             repeat_of = find_repeats(texts, self.steps)
         phase1_ms = _ms(time.perf_counter() - phase1)
 
@@ -537,6 +618,7 @@ class Reasoner(_Run):
         now = asyncio.get_running_loop().time()
         until = max(deadline, now + min(self.answer_grace_s, self.deadline_s))
         timeout = asyncio.timeout_at(until)
+        self.phase = "answer"
         try:
             async with timeout:
                 self._step_timeout = timeout  # cancel() ends it too
@@ -556,6 +638,7 @@ class Reasoner(_Run):
             return None
         finally:
             self._step_timeout = None
+            self.phase = None
         if trace is not None:
             self.forced_answer = self.finished = True
         return trace
@@ -570,18 +653,37 @@ class Reasoner(_Run):
             return Finish.cancelled
         if self.deadline_reached:
             return Finish.deadline
+        if self.budget_reached:
+            return Finish.budget
         if self.out_of_candidates:
             return Finish.no_candidates
         return Finish.max_steps
 
-    async def run(self) -> AsyncGenerator[StepTrace | ReasonResponse, None]:
-        """Yield each step's trace as it is chosen, then the response."""
+    def _over_budget(self, index: int, last_cost: int) -> bool:
+        """True (and noted) when the next step, costing about as much as the last one, would
+        take the search past ``max_tokens_budget``."""
+        budget = self.request.max_tokens_budget
+        if budget is None or index == 0 or self.budget_tokens() + last_cost <= budget:
+            return False
+        self.budget_reached = True
+        self.warnings.append(
+            f"max_tokens_budget {budget}: {self.budget_tokens()} tokens spent, the next step "
+            f"would take about {last_cost} more; stopping before step {index}"
+        )
+        return True
+
+    async def run(self) -> AsyncGenerator[StepTrace | TreeNode | ReasonResponse, None]:
+        """Yield each step's trace as it is chosen and its tree nodes, then the response."""
         start = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + self.deadline_s
+        last_cost = 0
         for index in range(self.request.max_steps):
             if self.cancelled:
                 self.warnings.append(f"cancelled before step {index}")
                 break
+            if self._over_budget(index, last_cost):
+                break
+            spent = self.budget_tokens()
             timeout = asyncio.timeout_at(deadline if math.isfinite(deadline) else None)
             try:
                 async with timeout:
@@ -605,19 +707,35 @@ class Reasoner(_Run):
                 self._step_timeout = None
             if trace is None:
                 break
+            last_cost = self.budget_tokens() - spent
             self.steps.append(trace.step)
             self.trace.append(trace)
             yield trace
-            if contains_end_phrase(trace.step):
+            for node in self._add_nodes(trace):
+                yield node
+            if ends_solution(trace.step):
                 self.finished = True
                 break
-        if not self.finished and not self.cancelled:  # a cancelled search stops here
+        # A cancelled search stops here, and so does one out of budget.
+        if not self.finished and not self.cancelled and not self.budget_reached:
             forced = await self._force_answer(len(self.steps), deadline)
             if forced is not None:
                 self.steps.append(forced.step)
                 self.trace.append(forced)
                 yield forced
+                for node in self._add_nodes(forced):
+                    yield node
         yield self.response(time.perf_counter() - start)
+
+    def _add_nodes(self, trace: StepTrace) -> list[TreeNode]:
+        """The step's nodes: the chosen candidate (on the one path) and the other distinct
+        candidates, pruned."""
+        parent = next((n.id for n in reversed(self.tree) if n.status == "chosen"), None)
+        nodes = step_nodes(trace, parent, len(self.tree), answer=extract_answer(trace.step))
+        if nodes:  # the tree shows where a service failed
+            nodes[0].warnings += fallback_notes(self.fallbacks, trace.index)
+        self.tree.extend(nodes)
+        return nodes
 
     def response(self, elapsed_s: float) -> ReasonResponse:
         total_ms = _ms(elapsed_s)
@@ -625,7 +743,7 @@ class Reasoner(_Run):
         return ReasonResponse(
             id=self.request_id,
             question=self.question,
-            answer=extract_answer("\n".join(self.steps)),
+            answer=solution_answer(self.steps),
             steps=list(self.steps),
             finished=self.finished,
             finish=self.finish(),
@@ -646,7 +764,47 @@ class Reasoner(_Run):
             timings=Timings(
                 total_ms=total_ms, model_ms=model_ms, overhead_ms=round(total_ms - model_ms, 3)
             ),
+            tree=self.tree,
+            budget_reached=self.budget_reached,
         )
+
+
+def fallback_notes(fallbacks: Sequence[Fallback], step: int) -> list[str]:
+    """The degradations that happened at ``step``, as node warnings."""
+    return [
+        f"{f.service} unavailable ({f.reason}); continuing as {f.to_heuristic.value}"
+        for f in fallbacks
+        if f.step == step
+    ]
+
+
+def step_nodes(
+    trace: StepTrace, parent: str | None, first_id: int, *, answer: str | None = None
+) -> list[TreeNode]:
+    """Tree nodes of one step of the `step` strategy: its distinct non-empty candidates, the
+    chosen one ``chosen`` and the others ``pruned`` (duplicates are merged into the first)."""
+    nodes: list[TreeNode] = []
+    warnings = list(trace.warnings)
+    for i, cand in enumerate(trace.candidates):
+        if cand.duplicate_of is not None or not cand.text:
+            continue
+        chosen = i == trace.chosen
+        nodes.append(
+            TreeNode(
+                id=f"n{first_id + len(nodes)}",
+                parent=parent,
+                depth=trace.index,
+                text=cand.text,
+                score=cand.score,
+                aggregate=cand.score,
+                status="chosen" if chosen else "pruned",
+                rationale=trace.rationale,
+                answer=answer if chosen else None,
+                timings_ms=trace.timings.total_ms,
+                warnings=warnings if chosen else [],
+            )
+        )
+    return nodes
 
 
 async def reason(

@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from shared.errors import InvalidRequest, NotFound
+from gateway.registry import model_strategy
+from shared.errors import InvalidRequest
 from shared.gateway_schemas import (
     ChatChoice,
     ChatCompletion,
@@ -31,18 +32,14 @@ from shared.gateway_schemas import (
 from shared.openai_schemas import Usage as CompletionUsage
 from shared.openai_schemas import completion_id
 
-_OPTION_FIELDS = frozenset(SearchOptions.model_fields)
+_OPTION_FIELDS = frozenset(SearchOptions.model_fields) - {"n"}  # chat's n counts choices
 
 
 def to_reason_request(
     chat: GatewayChatRequest, served_model: str
 ) -> tuple[ReasonRequest, list[str]]:
     """The ReasonRequest a chat request stands for, and warnings about what was ignored."""
-    if chat.model != served_model:
-        raise NotFound(
-            f"model {chat.model!r} does not exist; this gateway serves {served_model!r}",
-            field="model",
-        )
+    by_model = model_strategy(chat.model, served_model)
     users = [i for i, m in enumerate(chat.messages) if m.role == "user"]
     if not users:
         raise InvalidRequest("messages must contain a user message", field="messages")
@@ -55,6 +52,15 @@ def to_reason_request(
         for name in _OPTION_FIELDS
         if name in type(chat).model_fields and getattr(chat, name) is not None
     }
+    if chat.n_solutions is not None:
+        options["n"] = chat.n_solutions
+    if by_model is not None:
+        if chat.strategy is not None and chat.strategy is not by_model:
+            raise InvalidRequest(
+                f"strategy: {chat.strategy} contradicts model {chat.model!r} ({by_model})",
+                field="strategy",
+            )
+        options["strategy"] = by_model
     try:
         request = ReasonRequest(question=question, stream=chat.stream, **options)
     except ValidationError as exc:  # pragma: no cover - the chat model checks the same ranges

@@ -11,10 +11,38 @@ import asyncio
 
 from fastapi import APIRouter
 
+from shared.errors import NotFound
+from shared.gateway_schemas import Strategy
 from shared.http import error_responses
 from shared.jobs_store import JobStoreSettings
 from shared.model_registry import ModelRegistry, RegisteredModel
 from shared.schemas import Strict
+
+STRATEGY_MODEL_SUFFIXES: dict[str, Strategy] = {
+    "beam": Strategy.beam,
+    "best-of-n": Strategy.best_of_n,
+    "vote": Strategy.vote,
+    "weighted-vote": Strategy.weighted_vote,
+}
+"""Model ids of the OpenAI-compatible face that select a search strategy:
+``<served name>-<suffix>`` (``rationalyst-beam``, ...)."""
+
+
+def strategy_models(served: str) -> dict[str, Strategy]:
+    """The strategy model ids a gateway serving ``served`` lists in /v1/models."""
+    return {f"{served}-{suffix}": strategy for suffix, strategy in STRATEGY_MODEL_SUFFIXES.items()}
+
+
+def model_strategy(model: str, served: str) -> Strategy | None:
+    """The strategy a chat request's ``model`` selects (None: the served name itself, whose
+    strategy comes from the request); 404 naming ``model`` for any other id."""
+    if model == served:
+        return None
+    strategies = strategy_models(served)
+    if model in strategies:
+        return strategies[model]
+    known = ", ".join([served, *strategies])
+    raise NotFound(f"model {model!r} does not exist; this gateway serves {known}", field="model")
 
 
 class RegisteredModelList(Strict):

@@ -13,6 +13,7 @@ from starlette.background import BackgroundTask
 
 from gateway import handlers
 from gateway.deps import RequestIdDep, StateDep
+from gateway.registry import strategy_models
 from shared.gateway_schemas import (
     CancelResponse,
     ChatCompletion,
@@ -145,7 +146,9 @@ async def cancel_chat_completion(completion_id: str, state: StateDep) -> CancelR
 
 @router.get("/v1/models", responses=error_responses(401))
 async def models(state: StateDep) -> ModelList:
-    """The guided-reasoning model this gateway serves."""
-    return ModelList(
-        data=[ModelCard(id=state.settings.served_model_name, created=int(time.time()))]
-    )
+    """The guided-reasoning model this gateway serves, and one id per search strategy
+    (`<name>-beam`, `<name>-best-of-n`, `<name>-vote`, `<name>-weighted-vote`)."""
+    served = state.settings.served_model_name
+    ids = [served, *strategy_models(served)]
+    now = int(time.time())
+    return ModelList(data=[ModelCard(id=model, created=now) for model in ids])

@@ -32,10 +32,16 @@ from shared.schemas import (
     ProposeResponse,
     RationaleRequest,
     RationaleResponse,
+    RolloutCompletion,
+    RolloutRequest,
+    RolloutResponse,
+    RolloutUsage,
     ScoreRequest,
     ScoreResponse,
 )
+from shared.steps import is_finished, solution_answer
 
+RolloutScript = Sequence[Sequence[str]] | Callable[[RolloutRequest], Sequence[Sequence[str]]]
 ProposeScript = Sequence[Sequence[str]] | Callable[[ProposeRequest], Sequence[str]]
 """Candidates per step (indexed by the number of steps so far; the last entry repeats), or a
 function of the request. With a ``step_prefix`` in the request, each scripted text is what the
@@ -58,6 +64,9 @@ class FakeModelService:
     """What /v1/chat/completions answers (text, or a function of the request)."""
     completion_text: str | Callable[[CompletionRequest], str] = "Hello."
     """What /v1/completions answers (text, or a function of the request)."""
+    solutions: RolloutScript = (("2 + 3 = 5.", "The answer is: 5"),)
+    """What /v1/rollout writes: completion i is solutions[i % len] (or a function of the
+    request giving the n solutions)."""
     fail: ServiceError | None = None
     fail_from_call: int = 0
     """``fail`` is raised by every call numbered >= this (0 = from the first call)."""
@@ -115,6 +124,32 @@ class FakeModelService:
                 for v in values
             ],
             prompt_tokens=100 + len(values),
+        )
+
+    async def rollout(self, req: RolloutRequest) -> RolloutResponse:
+        await self._enter("rollout", req)
+        if callable(self.solutions):
+            sols = [list(s) for s in self.solutions(req)]
+        else:
+            sols = [list(self.solutions[i % len(self.solutions)]) for i in range(req.n)]
+        completions = []
+        for solution in sols:
+            steps = solution[: req.max_steps]
+            tokens = sum(len(s.split()) for s in steps)
+            completions.append(
+                RolloutCompletion(
+                    steps=steps,
+                    answer=solution_answer([*req.steps, *steps]),
+                    finished=is_finished(steps),
+                    completion_tokens=tokens,
+                )
+            )
+        return RolloutResponse(
+            id="rollout-fake",
+            completions=completions,
+            usage=RolloutUsage(
+                prompt_tokens=50, completion_tokens=sum(c.completion_tokens for c in completions)
+            ),
         )
 
     async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse:

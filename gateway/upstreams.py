@@ -22,6 +22,8 @@ from shared.schemas import (
     ProposeResponse,
     RationaleRequest,
     RationaleResponse,
+    RolloutRequest,
+    RolloutResponse,
     ScoreRequest,
     ScoreResponse,
 )
@@ -40,6 +42,8 @@ class ModelClient(Protocol):
     async def propose(self, req: ProposeRequest) -> ProposeResponse: ...
 
     async def score(self, req: ScoreRequest) -> ScoreResponse: ...
+
+    async def rollout(self, req: RolloutRequest) -> RolloutResponse: ...
 
     async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse: ...
 

@@ -27,6 +27,8 @@ from shared.schemas import (
     ProposeResponse,
     RationaleRequest,
     RationaleResponse,
+    RolloutRequest,
+    RolloutResponse,
     ScoreRequest,
     ScoreResponse,
     SwitchModelRequest,
@@ -134,6 +136,10 @@ class ModelServiceClient(ServiceClient):
 
     async def score(self, req: ScoreRequest, timeout: float | None = None) -> ScoreResponse:
         return await self.post_model("/v1/score", req, ScoreResponse, timeout)
+
+    async def rollout(self, req: RolloutRequest, timeout: float | None = None) -> RolloutResponse:
+        """``n`` completions of a partial solution, each as its steps and its answer."""
+        return await self.post_model("/v1/rollout", req, RolloutResponse, timeout)
 
     async def chat(
         self, req: ChatCompletionRequest, timeout: float | None = None

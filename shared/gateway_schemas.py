@@ -39,6 +39,13 @@ class Heuristic(StrEnum):
     """Uniform pick among the same candidates (seeded): the paper's baseline."""
     greedy = "greedy"
     """One candidate, no scoring: plain chain of thought."""
+    prm = "prm"
+    """The process reward model's score of each candidate as the next step (P(step is good)
+    after trajectory + candidate), all candidates in one /v1/reward call; needs
+    GATEWAY_REWARD_URL."""
+    orm = "orm"
+    """The outcome reward model's score of trajectory + candidate, read as a whole solution;
+    needs GATEWAY_REWARD_URL (a reward service on an ORM)."""
 
 
 class Strategy(StrEnum):
@@ -50,6 +57,33 @@ class Strategy(StrEnum):
     """TriPosT's self-improvement: the agent writes a whole answer, then "Feedback:" on it,
     then "Updated Answer:", until the feedback says the final response is correct or
     ``max_rounds`` answers were written (`heuristic` does not apply)."""
+    beam = "beam"
+    """Beam search over steps: every live beam proposes ``beam_width`` next steps, the whole
+    pool is scored in one scorer call and the ``n_beams`` best paths (by aggregated score) are
+    kept; the answer is the best finished beam."""
+    best_of_n = "best_of_n"
+    """``n`` whole solutions from one batched rollout of the agent, each scored by the
+    heuristic's scorer; the best by aggregated score is the answer."""
+    vote = "vote"
+    """Self-consistency: the most frequent normalized final answer among ``n`` solutions."""
+    weighted_vote = "weighted_vote"
+    """The answer whose solutions' scores sum highest among ``n`` solutions."""
+
+
+class Aggregation(StrEnum):
+    """How a path's step scores make one score (log-prob scores are aggregated in the log
+    domain: `prod` is their sum, the log of the product of the step probabilities)."""
+
+    min = "min"
+    prod = "prod"
+    last = "last"
+    mean = "mean"
+
+
+SEARCH_STRATEGIES: frozenset[Strategy] = frozenset(
+    {Strategy.beam, Strategy.best_of_n, Strategy.vote, Strategy.weighted_vote}
+)
+"""Strategies that return a tree of several paths (with `step`, the tree is one path)."""
 
 
 SCORING_HEURISTICS: frozenset[Heuristic] = frozenset(
@@ -76,6 +110,8 @@ class Finish(StrEnum):
     no_candidates = "no_candidates"
     """The agent proposed no usable step (all empty, or all repeating the trajectory even when
     asked again), and no answer could be forced."""
+    budget = "budget"
+    """``max_tokens_budget`` stopped the search before an answer (none is forced after it)."""
 
 
 AnswerKindSource = Literal["request", "detected"]
@@ -173,6 +209,33 @@ class SearchOptions(Strict):
         le=1024,
         description="self_improve: most tokens of one generation (an answer with its feedback "
         "and update).",
+    )
+    beam_width: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="beam: next steps each live beam proposes per step (at most n_beams).",
+    )
+    n_beams: int = Field(
+        default=4, ge=1, le=16, description="beam: paths kept after each step (N)."
+    )
+    n: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="best_of_n, vote, weighted_vote: whole solutions sampled (one rollout).",
+    )
+    aggregation: Aggregation = Field(
+        default=Aggregation.mean,
+        description="beam, best_of_n, weighted_vote: how a path's step scores make its score "
+        "(min, prod, last, mean).",
+    )
+    max_tokens_budget: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most tokens the search may spend (generated + scored, over all model "
+        "services); the search stops before a step that would exceed it and returns the best "
+        "so far with `budget_reached: true`. Below one step's cost: 422.",
     )
 
 
@@ -298,6 +361,45 @@ class Usage(Strict):
     rationalyst: ServiceUsage = Field(default_factory=ServiceUsage)
     agent: ServiceUsage = Field(default_factory=ServiceUsage)
     scorer: ServiceUsage = Field(default_factory=ServiceUsage)
+    phases: dict[str, ServiceUsage] = Field(
+        default_factory=dict,
+        description="The same calls and tokens per phase of the strategy: `rationale`, "
+        "`propose`, `score`, `answer` (the forced answer step), `rollout` (whole solutions).",
+    )
+    budget_tokens: int = Field(
+        default=0,
+        description="Tokens counted against `max_tokens_budget`: generated (all services) + "
+        "scored (the scorer's prompt tokens).",
+    )
+
+
+NodeStatus = Literal["chosen", "kept", "pruned", "finished"]
+
+
+class TreeNode(Strict):
+    """One step of the search tree. The question is the (absent) root: depth-0 steps have
+    parent None."""
+
+    id: str = Field(description='"n0", "n1", ... in the order nodes were created.')
+    parent: str | None = Field(description="The node this step follows; None at depth 0.")
+    depth: int = Field(description="0-based step index.")
+    text: str = Field(description="The step.")
+    score: float | None = Field(default=None, description="The step scorer's score.")
+    aggregate: float | None = Field(
+        default=None, description="The path's score (ranks beams and solutions)."
+    )
+    status: NodeStatus = Field(
+        description="chosen (on the answer's path), kept (a live beam), pruned, finished (a "
+        "path that states an answer and is not the chosen one)."
+    )
+    rationale: str | None = Field(default=None, description="The rationale for its prefix.")
+    answer: str | None = Field(default=None, description="The answer a finished node states.")
+    timings_ms: float | None = Field(
+        default=None, description="Wall time of the search step that decided the node."
+    )
+    warnings: list[str] = Field(
+        default_factory=list, description="E.g. a service that failed at this node's step."
+    )
 
 
 class Fallback(Strict):
@@ -366,6 +468,20 @@ class ReasonResponse(Strict):
     )
     usage: Usage = Field(default_factory=Usage)
     timings: Timings
+    tree: list[TreeNode] = Field(
+        default_factory=list,
+        description="Every node of the search (step: the chosen path and the pruned "
+        "candidates of each step); the answer's path is `chosen`.",
+    )
+    budget_reached: bool = Field(
+        default=False,
+        description="max_tokens_budget stopped the search; the answer is the best so far.",
+    )
+    answers: dict[str, float] = Field(
+        default_factory=dict,
+        description="vote / weighted_vote: each normalized answer and its votes (or summed "
+        "scores).",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -474,7 +590,11 @@ class GatewayChatRequest(Lenient):
     """OpenAI chat request. The last user message is the question; extra body fields
     (`heuristic`, `n_candidates`, `max_steps`, ...) set the search options."""
 
-    model: str = Field(description="Must be the served model name (`rationalyst`).")
+    model: str = Field(
+        description="The served model name (`rationalyst`), or a strategy's model id "
+        "(`rationalyst-beam`, `rationalyst-best-of-n`, `rationalyst-vote`, "
+        "`rationalyst-weighted-vote`)."
+    )
     messages: list[OAChatMessage] = Field(min_length=1)
     stream: bool = False
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
@@ -501,6 +621,13 @@ class GatewayChatRequest(Lenient):
     verifier: VerifierKind | None = None
     task: NonEmptyStr | None = None
     max_round_tokens: int | None = Field(default=None, ge=16, le=1024)
+    beam_width: int | None = Field(default=None, ge=1, le=16)
+    n_beams: int | None = Field(default=None, ge=1, le=16)
+    aggregation: Aggregation | None = None
+    max_tokens_budget: int | None = Field(default=None, ge=1)
+    n_solutions: int | None = Field(
+        default=None, ge=1, le=64, description="The `n` of /v1/reason (chat's own n is 1)."
+    )
 
 
 class ChatMessageOut(BaseModel):

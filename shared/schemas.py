@@ -19,6 +19,8 @@ from pydantic import (
     field_validator,
 )
 
+from shared.answer_kinds import AnswerKind
+
 NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
 """A string that must contain at least one character (whitespace counts)."""
 
@@ -121,6 +123,59 @@ class ProposeResponse(Strict):
 
 
 # --------------------------------------------------------------------------------------------
+# POST /v1/rollout
+
+
+class RolloutRequest(Trajectory):
+    """Complete a partial solution (``steps``, possibly empty) to its end, ``n`` times.
+
+    Each completion continues the agent's chat one step (one assistant turn) at a time until
+    a step states an answer, ``max_steps`` steps were written, or the context is full.
+    """
+
+    n: int = Field(default=1, ge=1, le=64, description="Completions, decoded in one batch.")
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(
+        default=None, description="Same seed, same completions (completion i is fixed by it)."
+    )
+    max_steps: int = Field(
+        default=8, ge=1, le=64, description="Most steps written after the given ones."
+    )
+    max_step_tokens: int = Field(default=96, ge=1, le=2048, description="Tokens per step.")
+    few_shot: list[Demo] | None = Field(
+        default=None,
+        description="Worked examples; None uses the default set of the answer kind.",
+    )
+    answer_kind: AnswerKind | None = Field(
+        default=None,
+        description="Which default demos to use; None detects it from the question.",
+    )
+
+
+class RolloutCompletion(Strict):
+    steps: list[str] = Field(description="The steps written after the given ones.")
+    answer: str | None = Field(
+        description="The answer the solution states (given and written steps); None if none."
+    )
+    finished: bool = Field(description="Whether the solution states an answer.")
+    completion_tokens: int = Field(description="Tokens sampled for this completion.")
+
+
+class RolloutUsage(Strict):
+    prompt_tokens: int = Field(
+        description="Prompt tokens of every engine call (the shared prompt counted once)."
+    )
+    completion_tokens: int
+
+
+class RolloutResponse(Strict):
+    id: str
+    completions: list[RolloutCompletion]
+    usage: RolloutUsage
+
+
+# --------------------------------------------------------------------------------------------
 # POST /v1/score
 
 
@@ -150,6 +205,17 @@ class ScoreRequest(Strict):
         "same continuation with and without a rationale (given: ['<BOT>r<EOT>\\n', '']), "
         "both sharing the context's tokens.",
     )
+    contexts: list[list[ChatMessage] | str] | None = Field(
+        default=None,
+        description="More contexts, for continuations of several prefixes in one batch (a "
+        "beam search's pool): with `context_index`, continuation i follows "
+        "`[context, *contexts][context_index[i]]`.",
+    )
+    context_index: list[int] | None = Field(
+        default=None,
+        description="Per continuation, its context: 0 = `context`, k = `contexts[k-1]` "
+        "(default: all follow `context`).",
+    )
     decay: float = Field(default=1.0, gt=0.0, le=1.0, description="w_i = decay**i.")
     aggregate: Aggregate = Field(default=Aggregate.mean, description="Which value is `score`.")
     return_tokens: bool = Field(default=True, description="Include per-token logprobs.")
@@ -171,6 +237,31 @@ class ScoreRequest(Strict):
                 "per continuation"
             )
         return v
+
+    @field_validator("context_index")
+    @classmethod
+    def _index_per_continuation(cls, v: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        if v is None:
+            return v
+        continuations = info.data.get("continuations")
+        if continuations is not None and len(v) != len(continuations):
+            raise ValueError(
+                f"context_index holds {len(v)} entries for {len(continuations)} continuations"
+            )
+        n = 1 + len(info.data.get("contexts") or [])
+        if any(i < 0 or i >= n for i in v):
+            raise ValueError(f"context_index entries must lie in 0..{n - 1}")
+        return v
+
+    def all_contexts(self) -> list[list[ChatMessage] | str]:
+        """``context`` then ``contexts``."""
+        return [self.context, *(self.contexts or [])]
+
+    def context_indices(self) -> list[int]:
+        """Per continuation, the index of its context in :meth:`all_contexts`."""
+        if self.context_index is None:
+            return [0] * len(self.continuations)
+        return list(self.context_index)
 
     def given_texts(self) -> list[str]:
         """The text before each continuation ('' where none)."""

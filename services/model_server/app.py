@@ -24,6 +24,8 @@ from shared.schemas import (
     ProposeResponse,
     RationaleRequest,
     RationaleResponse,
+    RolloutRequest,
+    RolloutResponse,
     ScoreRequest,
     ScoreResponse,
     SwitchModelRequest,
@@ -33,7 +35,14 @@ from shared.schemas import (
 logger = logging.getLogger(__name__)
 
 MODEL_ROUTES = frozenset(
-    {"/v1/rationale", "/v1/propose", "/v1/score", "/v1/completions", "/v1/chat/completions"}
+    {
+        "/v1/rationale",
+        "/v1/propose",
+        "/v1/rollout",
+        "/v1/score",
+        "/v1/completions",
+        "/v1/chat/completions",
+    }
 )
 """Routes that run the model: a request whose client disconnects is cancelled, and the
 engine drops its sequences."""
@@ -151,6 +160,11 @@ def create_app(
     async def propose(req: ProposeRequest, service: ServiceDep) -> ProposeResponse:
         """Propose n candidate next steps for a trajectory."""
         return await service.propose(req)
+
+    @app.post("/v1/rollout", responses=MODEL_ERRORS)
+    async def rollout(req: RolloutRequest, service: ServiceDep) -> RolloutResponse:
+        """Complete a partial solution to its end n times (all n decoded in one batch)."""
+        return await service.rollout(req)
 
     @app.post("/v1/score", responses=MODEL_ERRORS)
     async def score(req: ScoreRequest, service: ServiceDep) -> ScoreResponse:

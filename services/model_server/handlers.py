@@ -7,7 +7,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -23,6 +23,7 @@ from services.model_server.engines.base import (
     encode,
 )
 from services.model_server.metrics import ModelMetrics
+from services.model_server.rollout import roll_out
 from services.model_server.settings import ModelServerSettings
 from shared.errors import EngineError, InvalidRequest, ServiceError, UpstreamTimeout
 from shared.openai_schemas import ChatCompletionRequest, CompletionRequest, completion_id
@@ -34,10 +35,15 @@ from shared.schemas import (
     ProposeResponse,
     RationaleRequest,
     RationaleResponse,
+    RolloutCompletion,
+    RolloutRequest,
+    RolloutResponse,
+    RolloutUsage,
     ScoreRequest,
     ScoreResponse,
     TokenLogprob,
 )
+from shared.steps import solution_answer
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +176,59 @@ class ModelService:
             ]
         )
 
+    async def rollout(self, req: RolloutRequest) -> RolloutResponse:
+        """``n`` completions of a partial solution (:mod:`services.model_server.rollout`)."""
+        n = self._n(req)
+        max_step_tokens = self._limited(req, "max_step_tokens", self.settings.max_tokens_limit)
+        tokenizer = self.engine.tokenizer
+        demos = prompts.default_or_given_demos(req.question, req.few_shot, req.answer_kind)
+
+        def render(steps: Sequence[str]) -> list[int]:
+            prompt = prompts.agent_prompt(tokenizer, self.system, demos, req.question, steps)
+            return encode(tokenizer, prompt)[0]
+
+        self._prompt_ids(  # the request's own prompt must fit: 422 naming the field
+            prompts.agent_prompt(tokenizer, self.system, demos, req.question, req.steps), "steps"
+        )
+
+        async def generate(ids: list[int], params: SamplingParams) -> list[Completion]:
+            start = time.perf_counter()
+            outputs = await self.engine.generate(ids, params.normalized())
+            self.metrics.observe_generation(ids, outputs, time.perf_counter() - start)
+            return outputs
+
+        params = SamplingParams(
+            max_tokens=max_step_tokens, n=n, temperature=req.temperature,
+            top_p=req.top_p, seed=req.seed,
+        )  # fmt: skip
+        result = await self._run(
+            roll_out(
+                prefix=req.steps,
+                render=render,
+                generate=generate,
+                params=params,
+                max_steps=req.max_steps,
+                max_model_len=self.engine.max_model_len,
+            )
+        )
+        completions = [
+            RolloutCompletion(
+                steps=r.steps,
+                answer=solution_answer([*req.steps, *r.steps]) if r.finished else None,
+                finished=r.finished,
+                completion_tokens=r.completion_tokens,
+            )
+            for r in result.rollouts
+        ]
+        return RolloutResponse(
+            id=completion_id("rollout"),
+            completions=completions,
+            usage=RolloutUsage(
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=sum(c.completion_tokens for c in completions),
+            ),
+        )
+
     async def score(self, req: ScoreRequest) -> ScoreResponse:
         k = len(req.continuations)
         if k > self.settings.max_continuations:
@@ -177,14 +236,16 @@ class ModelService:
                 f"at most {self.settings.max_continuations} continuations per request, got {k}",
                 field="continuations",
             )
-        if isinstance(req.context, str):
-            prefix = req.context
-        else:
-            prefix = prompts.chat_prompt(self.engine.tokenizer, req.context)
+        prefixes = [
+            c if isinstance(c, str) else prompts.chat_prompt(self.engine.tokenizer, c)
+            for c in req.all_contexts()
+        ]
         # A causal model's log-probs of the continuation do not depend on what follows it,
         # so the continuation is scored as the text right after the generation prompt.
         # ``given`` text (a rationale) conditions its continuation without being scored.
-        heads = [prefix + g for g in req.given_texts()]
+        heads = [
+            prefixes[i] + g for i, g in zip(req.context_indices(), req.given_texts(), strict=True)
+        ]
         job = ScoreJob(
             texts=[h + c for h, c in zip(heads, req.continuations, strict=True)],
             spans=[

@@ -3,9 +3,10 @@ send structure (question, steps, demos), never pre-rendered prompts."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from shared.answer_kinds import detect_answer_kind
+from shared.answer_kinds import AnswerKind, detect_answer_kind
 from shared.fewshot import default_demos
 from shared.prompts import RATIONALYST_SYSTEM_PROMPT
 from shared.schemas import ChatMessage, Demo, ProposeRequest, Role, Trajectory
@@ -58,14 +59,29 @@ def agent_messages(system: str | None, demos: list[Demo], traj: Trajectory) -> l
     return messages
 
 
+def default_or_given_demos(
+    question: str, few_shot: list[Demo] | None, answer_kind: AnswerKind | None = None
+) -> list[Demo]:
+    """The request's demos, or the defaults of the answer kind (given, else detected)."""
+    if few_shot is not None:
+        return few_shot
+    return default_demos(answer_kind or detect_answer_kind(question))
+
+
+def agent_prompt(
+    tokenizer: Any, system: str | None, demos: list[Demo], question: str, steps: Sequence[str]
+) -> str:
+    """The agent's prompt for the step after ``steps`` (the next assistant turn opened)."""
+    traj = Trajectory(question=question, steps=[s for s in steps if s])
+    return render(tokenizer, agent_messages(system, demos, traj), generation_prompt=True)
+
+
 def propose_prompt(tokenizer: Any, system: str | None, req: ProposeRequest) -> str:
     """The agent's prompt for the next step. With an explicit rationale, the next assistant
     turn opens with ``<BOT>rationale<EOT>`` and the candidates continue after it; a
     ``step_prefix`` comes after that. Without demos in the request, the defaults of the
     question's answer kind are used."""
-    demos = (
-        default_demos(detect_answer_kind(req.question)) if req.few_shot is None else req.few_shot
-    )
+    demos = default_or_given_demos(req.question, req.few_shot)
     prompt = render(tokenizer, agent_messages(system, demos, req), generation_prompt=True)
     if req.rationale:
         prompt += f"{BOT}{req.rationale}{EOT} "

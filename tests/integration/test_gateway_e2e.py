@@ -142,7 +142,7 @@ def test_reason_stream_sends_one_event_per_step_then_done(client: httpx.Client) 
     kinds = [e for e, _ in events]
     assert kinds[-1] == "done"
     done = events[-1][1]
-    assert kinds == ["step"] * len(done["steps"]) + ["done"]
+    assert [k for k in kinds if k != "node"] == ["step"] * len(done["steps"]) + ["done"]
     assert [d["step"] for e, d in events if e == "step"] == done["steps"]
 
 
@@ -201,7 +201,7 @@ def test_openai_client_completion_and_stream(gateway_url: str) -> None:
     from openai import OpenAI
 
     oa = OpenAI(base_url=f"{gateway_url}/v1", api_key="unused", timeout=300)
-    assert [m.id for m in oa.models.list().data] == ["rationalyst"]
+    assert oa.models.list().data[0].id == "rationalyst"
     messages = [{"role": "user", "content": QUESTIONS[1]}]
     done = oa.chat.completions.create(
         model="rationalyst", messages=messages, extra_body={**SMALL, "heuristic": "greedy"}

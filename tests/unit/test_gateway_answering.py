@@ -451,4 +451,5 @@ def test_finish_values() -> None:
         "cancelled",
         "deadline",
         "no_candidates",
+        "budget",
     }

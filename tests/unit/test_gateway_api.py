@@ -167,9 +167,14 @@ async def test_reason_stream_sends_one_event_per_step_then_done() -> None:
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/event-stream")
     events = sse_events(r.text)
-    assert [e for e, _ in events] == ["step", "step", "done"]
+    assert [e for e, _ in events if e != "node"] == ["step", "step", "done"]
     assert events[0][1]["index"] == 0
     assert events[-1][1]["steps"] == ["2 + 3 = 5.", "The answer is: 5"]
+    # Each step's tree nodes follow its step event; the final tree holds them all.
+    nodes = [d for e, d in events if e == "node"]
+    assert nodes and all(n["event"] == "node" for n in nodes)
+    assert [n["id"] for n in nodes] == [n["id"] for n in events[-1][1]["tree"]]
+    assert [n["text"] for n in nodes if n["status"] == "chosen"] == events[-1][1]["steps"]
 
 
 async def test_stream_error_after_start_is_the_last_event() -> None:
@@ -178,7 +183,7 @@ async def test_stream_error_after_start_is_the_last_event() -> None:
     async with served(ups) as client:
         r = await client.post("/v1/reason", json={**Q, "stream": True, "strict": True})
     events = sse_events(r.text)
-    assert [e for e, _ in events] == ["step", "error"]
+    assert [e for e, _ in events if e != "node"] == ["step", "error"]
     error = events[-1][1]["error"]
     assert error["type"] == "service_unavailable"
     assert error["request_id"] == r.headers["x-request-id"]
@@ -335,6 +340,11 @@ async def test_chat_completion_content_is_the_solution() -> None:
         ({**CHAT, "n_candidates": 40}, 422, "n_candidates"),
         ({**CHAT, "heuristic": "oracle"}, 422, "heuristic"),
         ({**CHAT, "n": 2}, 422, "n"),
+        ({**CHAT, "model": "rationalyst-dfs"}, 404, "model"),
+        ({**CHAT, "model": "rationalyst-vote", "strategy": "beam"}, 422, "strategy"),
+        ({**CHAT, "strategy": "beam", "beam_width": 3, "n_beams": 2}, 422, "beam_width"),
+        ({**CHAT, "n_solutions": 65}, 422, "n_solutions"),
+        ({**CHAT, "heuristic": "prm", "strategy": "best_of_n"}, 422, "heuristic"),
     ],
 )
 async def test_chat_bad_input(body: dict[str, Any], status: int, field: str) -> None:
@@ -352,7 +362,13 @@ async def test_openai_client_completion_stream_and_models() -> None:
         http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app))
         oa = AsyncOpenAI(base_url="http://test/v1", api_key="k", http_client=http)
         models = await oa.models.list()
-        assert [m.id for m in models.data] == ["rationalyst"]
+        assert [m.id for m in models.data] == [
+            "rationalyst",
+            "rationalyst-beam",
+            "rationalyst-best-of-n",
+            "rationalyst-vote",
+            "rationalyst-weighted-vote",
+        ]
         done = await oa.chat.completions.create(
             model="rationalyst",
             messages=[{"role": "user", "content": "What is 2 + 3?"}],
@@ -393,4 +409,34 @@ async def test_openai_stream_error_raises_in_the_client() -> None:
         with pytest.raises(APIError, match="scorer gone"):
             async for _ in stream:
                 pass
+        await http.aclose()
+
+
+async def test_openai_client_selects_a_strategy_by_model_id_and_by_extra_body() -> None:
+    from openai import AsyncOpenAI
+
+    solutions = [("a", "The answer is: 4"), ("b", "The answer is: 5"), ("c", "The answer is: 5")]
+    ups = fake_upstreams(agent=FakeModelService("agent", solutions=solutions))
+    app = create_app(GatewaySettings(api_keys="k"), clients=ups)
+    async with app.router.lifespan_context(app):
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app))
+        oa = AsyncOpenAI(base_url="http://test/v1", api_key="k", http_client=http)
+        messages = [{"role": "user", "content": "What is 2 + 3?"}]
+        by_id = await oa.chat.completions.create(
+            model="rationalyst-vote",
+            messages=messages,  # type: ignore[arg-type]
+            extra_body={"n_solutions": 3},
+        )
+        assert by_id.model == "rationalyst-vote"
+        trace = by_id.model_extra["rationalyst"]  # type: ignore[index]
+        assert trace["strategy"] == "vote" and trace["answers"] == {"4": 1.0, "5": 2.0}
+        assert by_id.choices[0].message.content == "b\nThe answer is: 5"
+        by_body = await oa.chat.completions.create(
+            model="rationalyst",
+            messages=messages,  # type: ignore[arg-type]
+            extra_body={"strategy": "beam", "n_beams": 2, "beam_width": 1, "max_steps": 3},
+        )
+        trace = by_body.model_extra["rationalyst"]  # type: ignore[index]
+        assert trace["strategy"] == "beam" and trace["tree"]
+        assert [n["text"] for n in trace["tree"] if n["status"] == "chosen"] == trace["steps"]
         await http.aclose()

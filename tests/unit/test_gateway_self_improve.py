@@ -152,7 +152,7 @@ async def test_self_improve_with_the_scripted_verifier_in_the_loop() -> None:
         ),
         ({"feedback": "verifier", "verifier": "scripted"}, "task"),
         ({"max_rounds": 11}, "max_rounds"),
-        ({"strategy": "beam"}, "strategy"),
+        ({"strategy": "dfs"}, "strategy"),
     ],
 )
 async def test_self_improve_bad_options_are_422_naming_the_field(

@@ -55,6 +55,7 @@ MODEL_SERVICE: dict[tuple[str, str], set[int]] = {
     ("POST", "/admin/model"): {401, 403, 409, 422, 503},
     ("POST", "/v1/rationale"): SEARCH,
     ("POST", "/v1/propose"): SEARCH,
+    ("POST", "/v1/rollout"): SEARCH,
     ("POST", "/v1/score"): SEARCH,
     ("POST", "/v1/completions"): SEARCH,
     ("POST", "/v1/chat/completions"): SEARCH,

@@ -44,6 +44,16 @@ async def test_propose_returns_n_candidates(fake_engine, asgi_client) -> None:
         ("/v1/score", {"context": [], "continuations": ["b"]}, "context"),
         ("/v1/score", {"context": "a", "continuations": ["b"], "decay": 0}, "decay"),
         ("/v1/score", {"context": "a", "continuations": ["b", "c"], "given": ["x"]}, "given"),
+        (
+            "/v1/score",
+            {"context": "a", "contexts": ["b"], "continuations": ["c"], "context_index": [2]},
+            "context_index",
+        ),
+        (
+            "/v1/score",
+            {"context": "a", "continuations": ["c"], "context_index": [0, 0]},
+            "context_index",
+        ),
         ("/v1/completions", {"prompt": "a", "max_tokens": 0}, "max_tokens"),
         ("/v1/completions", {"prompt": ""}, "prompt"),
         ("/v1/completions", {"prompt": [10**9]}, "prompt"),  # outside the vocabulary
@@ -206,6 +216,25 @@ async def test_score_given_text_conditions_without_being_scored(fake_engine, asg
     with_r, without = r.json()["scores"]
     assert [t["token"] for t in with_r["tokens"]] == [t["token"] for t in without["tokens"]]
     assert "".join(t["token"] for t in with_r["tokens"]) == "He has 8."
+
+
+async def test_score_continuations_of_several_contexts_in_one_batch(
+    fake_engine, asgi_client
+) -> None:
+    body = {
+        "context": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A."}],
+        "contexts": [[{"role": "user", "content": "Q"}, {"role": "assistant", "content": "B."}]],
+        "continuations": ["A2.", "B2.", "A3."],
+        "context_index": [0, 1, 0],
+    }
+    async with asgi_client(create_app(settings(), engine=fake_engine)) as client:
+        r = await client.post("/v1/score", json=body)
+    assert r.status_code == 200, r.text
+    (_, job) = fake_engine.calls[-1]
+    assert len(job.texts) == 3 and len(r.json()["scores"]) == 3
+    assert "A.<|im_end|>" in job.texts[0] and "B." not in job.texts[0]
+    assert "B.<|im_end|>" in job.texts[1] and job.texts[1].endswith("assistant\nB2.")
+    assert [job.texts[i][a:b] for i, (a, b) in enumerate(job.spans)] == ["A2.", "B2.", "A3."]
 
 
 def test_aggregate_formulas() -> None:

@@ -275,3 +275,46 @@ def test_selection_items_are_stable_and_need_rationales() -> None:
 def test_selection_spec_rejects_non_scoring_heuristics(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot rank"):
         SelectionSpec(tasks=TASKS, heuristics=["greedy"], out_dir=tmp_path)
+
+
+async def test_run_compares_strategies_at_budgets_and_plots_accuracy_vs_tokens(
+    tmp_path: Path,
+) -> None:
+    def solutions(req: Any) -> list[list[str]]:
+        right = solve(req.question)
+        return [["Let me work it out.", f"The answer is: {right}"]] * req.n
+
+    agent = FakeModelService("agent", proposals=answering, solutions=solutions)
+    options = {
+        "heuristics": ["likelihood"],
+        "strategies": ["step", "beam", "vote"],
+        "budgets": [5000, 800],
+        "n": 2,
+        "n_beams": 2,
+        "beam_width": 1,
+        "n_solutions": 2,
+        "max_step_tokens": 16,
+    }
+    async with gateway(agent=agent) as client:
+        result = await run_evaluation(spec(tmp_path, **options), client=client)
+    assert result.errors == 0 and result.planned == 2 * 2 * 3 * 2
+    methods = {c.heuristic for c in result.cells}
+    assert methods == {f"{s}/likelihood@{b}" for s in ("step", "beam", "vote") for b in (800, 5000)}
+    records = lines(result.results_path)
+    assert {r["strategy"] for r in records} == {"step", "beam", "vote"}
+    assert all(r["tokens"]["budget"] <= r["budget"] for r in records)
+    assert all(r["response"]["tree"] for r in records)
+    cells = {(c.task, c.heuristic): c for c in result.cells}
+    vote = cells[("multistep_arithmetic_seen", "vote/likelihood@5000")]
+    assert vote.accuracy == 1.0 and (vote.mean_budget_tokens or 0) > 0
+    report = result.report_path.read_text()
+    assert "## Accuracy vs tokens" in report
+    assert "![Accuracy vs tokens per strategy](accuracy_tokens.png)" in report
+    assert (tmp_path / "accuracy_tokens.png").read_bytes().startswith(PNG)
+
+
+def test_plain_runs_keep_their_record_keys(tmp_path: Path) -> None:
+    plain = spec(tmp_path)
+    assert not plain.compares_compute
+    (job, *_) = build_plan(plain, resolve_tasks(TASKS))
+    assert "|rationalyst|" in job.key and job.method == "step/rationalyst"

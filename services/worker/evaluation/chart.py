@@ -85,3 +85,59 @@ def accuracy_chart(
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+class _TokensCell(_Cell, Protocol):
+    mean_budget_tokens: float | None
+
+
+def _series(method: str) -> tuple[str, int | None]:
+    """``strategy/heuristic@budget`` -> (``strategy/heuristic``, budget)."""
+    name, _, budget = method.partition("@")
+    return name, int(budget) if budget.isdigit() else None
+
+
+def tokens_chart(cells: Sequence[_TokensCell], path: Path, *, title: str) -> Path | None:
+    """Accuracy against mean tokens spent, one line per task x strategy/heuristic through its
+    budgets (the search-and-learn plot), Wilson whiskers. None when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed (pip install '.[eval]'); no chart written")
+        return None
+    tasks = list(dict.fromkeys(c.task for c in cells))
+    fig, axes = plt.subplots(
+        1, len(tasks), figsize=(max(6.0, 5.0 * len(tasks)), 4.2), squeeze=False
+    )
+    for ax, task in zip(axes[0], tasks, strict=True):
+        lines: dict[str, list[_TokensCell]] = {}
+        for c in cells:
+            if c.task == task and c.accuracy is not None and c.mean_budget_tokens is not None:
+                lines.setdefault(_series(c.heuristic)[0], []).append(c)
+        for name, points in lines.items():
+            points.sort(key=lambda c: float(c.mean_budget_tokens or 0.0))
+            xs = [float(c.mean_budget_tokens or 0.0) for c in points]
+            ys = [float(c.accuracy or 0.0) for c in points]
+            err = [
+                [max(0.0, y - c.ci_low) for y, c in zip(ys, points, strict=True)],
+                [max(0.0, c.ci_high - y) for y, c in zip(ys, points, strict=True)],
+            ]
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=name)
+        ns = sorted({c.n for c in cells if c.task == task})
+        ax.set_title(f"{task} (n={ns[-1] if ns else 0})", fontsize=9)
+        ax.set_xlabel("tokens per question (generated + scored)")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1.05)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

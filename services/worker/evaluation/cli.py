@@ -163,8 +163,33 @@ def run(
     strict: Annotated[bool, typer.Option(help="Fail instead of falling back.")] = False,
     label: Annotated[str | None, typer.Option(help="Text for the report (models).")] = None,
     timeout: Annotated[float, typer.Option(help="Client timeout per request (s).")] = 900.0,
+    strategies: Annotated[
+        list[str],
+        typer.Option(
+            "--strategies",
+            "-S",
+            help="Search strategies, comma-separated: step, beam, best_of_n, vote, "
+            "weighted_vote (each with every heuristic and budget).",
+        ),
+    ] = ["step"],  # noqa: B006 - typer reads the default
+    budgets: Annotated[
+        list[str],
+        typer.Option(
+            "--budgets",
+            "-B",
+            help="max_tokens_budget values, comma-separated (generated + scored tokens); "
+            "the report plots accuracy against tokens spent.",
+        ),
+    ] = [],  # noqa: B006 - typer reads the default
+    n_beams: Annotated[int, typer.Option(help="beam: paths kept per step.")] = 4,
+    beam_width: Annotated[int, typer.Option(help="beam: proposals per beam.")] = 2,
+    n_solutions: Annotated[
+        int, typer.Option(help="best_of_n / vote / weighted_vote: solutions.")
+    ] = 4,
+    aggregation: Annotated[str, typer.Option(help="min, prod, last or mean.")] = "mean",
 ) -> None:
-    """Accuracy of each heuristic on each task through POST /v1/reason (resumable)."""
+    """Accuracy of each heuristic (and strategy, and budget) on each task through POST
+    /v1/reason (resumable)."""
     from pydantic import ValidationError
 
     from services.worker.evaluation.runner import run_evaluation
@@ -180,9 +205,11 @@ def run(
             n_candidates=n_candidates, max_steps=max_steps, max_step_tokens=max_step_tokens,
             max_rationale_tokens=max_rationale_tokens, temperature=temperature,
             deadline_s=deadline, few_shot=few_shot, shots=shots, strict=strict, label=label,
-            request_timeout_s=timeout,
+            request_timeout_s=timeout, strategies=_split(strategies),
+            budgets=[int(b) for b in _split(budgets)], n_beams=n_beams, beam_width=beam_width,
+            n_solutions=n_solutions, aggregation=aggregation,
         )  # fmt: skip
-    except ValidationError as exc:
+    except (ValidationError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     try:
         with RichProgress("eval") as progress:

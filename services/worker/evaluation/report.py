@@ -91,6 +91,37 @@ def _findings(cells: Sequence[CellStats | SelectionCellStats]) -> list[str]:
     return out
 
 
+def _compute_section(spec: EvalSpec, cells: Sequence[CellStats], chart: str | None) -> list[str]:
+    """Accuracy against tokens spent per strategy/heuristic and budget."""
+    budgets = ", ".join(str(b) for b in spec.budgets) or "none"
+    parts = [
+        "## Accuracy vs tokens",
+        "",
+        f"Strategies {', '.join(s.value for s in spec.strategies)}; budgets (max_tokens_budget, "
+        f"generated + scored tokens per question): {budgets}; beam {spec.n_beams} paths x "
+        f"{spec.beam_width} proposals; {spec.n_solutions} solutions for best_of_n/vote/"
+        f"weighted_vote; aggregation `{spec.aggregation.value}`.",
+        "",
+    ]
+    header = ["Task", "Method", "n", "Accuracy", "95% CI", "Tokens spent", "Budget reached"]
+    rows = [
+        [
+            c.task,
+            f"`{c.heuristic}`",
+            str(c.n),
+            _pct(c.accuracy),
+            _ci(c.ci_low, c.ci_high, c.n),
+            _num(c.mean_budget_tokens, 0),
+            str(c.budget_reached),
+        ]
+        for c in cells
+    ]
+    parts += [_table(header, rows), ""]
+    if chart:
+        parts += [f"![Accuracy vs tokens per strategy]({chart})", ""]
+    return parts
+
+
 def eval_report(
     spec: EvalSpec,
     cells: Sequence[CellStats],
@@ -98,6 +129,7 @@ def eval_report(
     *,
     chart: str | None,
     generated_at: dt.datetime,
+    tokens_chart: str | None = None,
 ) -> str:
     """The Markdown report of an accuracy run."""
     heuristics = [h.value for h in spec.heuristics]
@@ -171,6 +203,8 @@ def eval_report(
     parts += [_table(header, rows), ""]
     if chart:
         parts += [f"![Accuracy by heuristic per task]({chart})", ""]
+    if spec.compares_compute:
+        parts += _compute_section(spec, cells, tokens_chart)
     parts += ["## Findings", "", *_findings(cells), ""]
     fallbacks = sum(c.fallbacks for c in cells)
     errors = sum(c.errors for c in cells)

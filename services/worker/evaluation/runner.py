@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.worker.evaluation.chart import accuracy_chart
+from services.worker.evaluation.chart import accuracy_chart, tokens_chart
 from services.worker.evaluation.client import GatewayClient
 from services.worker.evaluation.common import (
     NoProgress,
@@ -38,7 +38,7 @@ from services.worker.evaluation.spec import EvalSpec, FewShotMode
 from services.worker.evaluation.stats import CellStats, eval_cells
 from services.worker.evaluation.store import JsonlStore
 from shared.errors import ServiceError, ServiceUnavailable
-from shared.gateway_schemas import Heuristic, ReasonRequest, ReasonResponse, Usage
+from shared.gateway_schemas import Heuristic, ReasonRequest, ReasonResponse, Strategy, Usage
 from shared.schemas import Demo
 from shared.tasks import Task, TaskItem, check_answer, get_task
 
@@ -48,6 +48,7 @@ RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"
 CHART_FILE = "accuracy.png"
+TOKENS_CHART_FILE = "accuracy_tokens.png"
 SPEC_FILE = "spec.json"
 
 
@@ -57,6 +58,30 @@ class Job:
     item: TaskItem
     heuristic: Heuristic
     demos: list[Demo] | None
+    strategy: Strategy = Strategy.step
+    budget: int | None = None
+
+    @property
+    def method(self) -> str:
+        return method_name(self.strategy, self.heuristic, self.budget)
+
+
+def method_name(strategy: Strategy, heuristic: Heuristic, budget: int | None) -> str:
+    """The cell of a run comparing strategies or budgets: ``strategy/heuristic[@budget]``."""
+    name = f"{strategy.value}/{heuristic.value}"
+    return name if budget is None else f"{name}@{budget}"
+
+
+def methods(spec: EvalSpec) -> list[tuple[Strategy, Heuristic, int | None]]:
+    """Every (strategy, heuristic, budget) a run compares, in report order."""
+    budgets: list[int | None] = list(spec.budgets) or [None]
+    return [(s, h, b) for s in spec.strategies for h in spec.heuristics for b in budgets]
+
+
+def method_names(spec: EvalSpec) -> list[str]:
+    if not spec.compares_compute:
+        return [h.value for h in spec.heuristics]
+    return [method_name(s, h, b) for s, h, b in methods(spec)]
 
 
 class EvalResult(RunFiles):
@@ -97,9 +122,11 @@ def build_plan(spec: EvalSpec, tasks: list[Task]) -> list[Job]:
     for task in tasks:
         demos = select_demos(task, spec.few_shot, spec.shots)
         for item in task.items(spec.n, spec.seed):
-            for heuristic in spec.heuristics:
-                key = record_key(task.name, item.id, heuristic.value, spec.seed, config_id)
-                jobs.append(Job(key, item, heuristic, demos))
+            for strategy, heuristic, budget in methods(spec):
+                job = Job("", item, heuristic, demos, strategy, budget)
+                name = job.method if spec.compares_compute else heuristic.value
+                key = record_key(task.name, item.id, name, spec.seed, config_id)
+                jobs.append(Job(key, item, heuristic, demos, strategy, budget))
     return jobs
 
 
@@ -122,6 +149,15 @@ def reason_request(spec: EvalSpec, job: Job) -> ReasonRequest:
         "deadline_s": spec.deadline_s,
     }
     fields.update({k: v for k, v in optional.items() if v is not None})
+    if job.strategy is not Strategy.step:
+        fields["strategy"] = job.strategy
+        fields["aggregation"] = spec.aggregation
+    if job.strategy is Strategy.beam:
+        fields.update(n_beams=spec.n_beams, beam_width=spec.beam_width)
+    elif job.strategy in (Strategy.best_of_n, Strategy.vote, Strategy.weighted_vote):
+        fields["n"] = spec.n_solutions
+    if job.budget is not None:
+        fields["max_tokens_budget"] = job.budget
     return ReasonRequest(**fields)
 
 
@@ -138,6 +174,7 @@ def token_counts(usage: Usage) -> dict[str, int]:
         generated += completion
     out["generated"] = generated
     out["total"] = total
+    out["budget"] = usage.budget_tokens
     return out
 
 
@@ -149,6 +186,9 @@ def _base_record(job: Job, spec: EvalSpec) -> dict[str, Any]:
         "task": item.task,
         "item_id": item.id,
         "heuristic": job.heuristic.value,
+        "method": job.method if spec.compares_compute else job.heuristic.value,
+        "strategy": job.strategy.value,
+        "budget": job.budget,
         "seed": spec.seed,
         "question": item.question,
         "gold": item.gold_text,
@@ -176,6 +216,7 @@ def score_response(
         "finished": res.finished,
         "finish": res.finish.value,
         "deadline_reached": res.deadline_reached,
+        "budget_reached": res.budget_reached,
         "heuristic_used": res.heuristic_used.value,
         "fallbacks": len(res.fallbacks),
         "tokens": token_counts(res.usage),
@@ -211,15 +252,26 @@ def write_outputs(
     records = store.read()
     rows = [records[j.key] for j in plan if j.key in records]
     task_names = list(dict.fromkeys(j.item.task for j in plan))
-    heuristics = [h.value for h in spec.heuristics]
-    cells = eval_cells(rows, task_names, heuristics)
+    cells = eval_cells(rows, task_names, method_names(spec))
     out = spec.out_dir
     write_json_atomic(out / SUMMARY_FILE, [c.model_dump(mode="json") for c in cells])
     chart = accuracy_chart(
         cells, out / CHART_FILE, title="Accuracy by heuristic (95% Wilson interval)"
     )
+    compute = None
+    if spec.compares_compute:
+        compute = tokens_chart(
+            cells,
+            out / TOKENS_CHART_FILE,
+            title="Accuracy vs tokens spent (generated + scored), 95% Wilson interval",
+        )
     report = eval_report(
-        spec, cells, rows, chart=chart.name if chart else None, generated_at=dt.datetime.now(dt.UTC)
+        spec,
+        cells,
+        rows,
+        chart=chart.name if chart else None,
+        generated_at=dt.datetime.now(dt.UTC),
+        tokens_chart=compute.name if compute else None,
     )
     write_text_atomic(out / REPORT_FILE, report)
     return cells, chart

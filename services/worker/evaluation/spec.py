@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from shared.gateway_schemas import SCORING_HEURISTICS, Heuristic
+from shared.gateway_schemas import SCORING_HEURISTICS, Aggregation, Heuristic, Strategy
 
 FewShotMode = Literal["task", "default", "none"]
 
@@ -68,15 +68,56 @@ class EvalSpec(_Common):
         default=None, gt=0.0, le=3600.0, description="Per-request wall-clock budget."
     )
     strict: bool = Field(default=False, description="503 instead of a fallback heuristic.")
+    strategies: list[Strategy] = Field(
+        default_factory=lambda: [Strategy.step],
+        min_length=1,
+        description="Search strategies to compare (each with every heuristic and budget).",
+    )
+    budgets: list[int] = Field(
+        default_factory=list,
+        description="max_tokens_budget values (generated + scored tokens); empty: unbudgeted.",
+    )
+    n_beams: int = Field(default=4, ge=1, le=16, description="beam: paths kept per step.")
+    beam_width: int = Field(default=2, ge=1, le=16, description="beam: proposals per beam.")
+    n_solutions: int = Field(
+        default=4, ge=1, le=64, description="best_of_n, vote, weighted_vote: solutions."
+    )
+    aggregation: Aggregation = Field(default=Aggregation.mean, description="Path score.")
+
+    @field_validator("strategies")
+    @classmethod
+    def _distinct_strategies(cls, v: list[Strategy]) -> list[Strategy]:
+        if len(set(v)) != len(v):
+            raise ValueError("names must be distinct")
+        return v
+
+    @field_validator("budgets")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(b < 1 for b in v) or len(set(v)) != len(v):
+            raise ValueError("budgets must be distinct positive token counts")
+        return sorted(v)
+
+    @property
+    def compares_compute(self) -> bool:
+        """Strategies or budgets are compared: cells are strategy/heuristic@budget."""
+        return self.strategies != [Strategy.step] or bool(self.budgets)
 
     def result_fields(self) -> dict[str, object]:
-        return self.model_dump(
+        fields = self.model_dump(
             mode="json",
             include={
                 "n_candidates", "max_steps", "max_step_tokens", "max_rationale_tokens",
                 "temperature", "deadline_s", "strict", "few_shot", "shots",
             },
         )  # fmt: skip
+        if self.compares_compute:  # an unchanged run keeps its record keys
+            fields.update(
+                self.model_dump(
+                    mode="json", include={"n_beams", "beam_width", "n_solutions", "aggregation"}
+                )
+            )
+        return fields
 
 
 class SelectionSpec(_Common):

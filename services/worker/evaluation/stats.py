@@ -66,6 +66,9 @@ class CellStats(BaseModel):
     mean_latency_s: float | None
     median_latency_s: float | None
     fallbacks: int
+    mean_budget_tokens: float | None = None
+    """Tokens counted against a budget: generated (all services) + scored."""
+    budget_reached: int = 0
 
 
 def eval_cells(
@@ -75,7 +78,11 @@ def eval_cells(
     cells = []
     for task in tasks:
         for heuristic in heuristics:
-            rows = [r for r in records if r["task"] == task and r["heuristic"] == heuristic]
+            rows = [
+                r
+                for r in records
+                if r["task"] == task and r.get("method", r["heuristic"]) == heuristic
+            ]
             ok = [r for r in rows if not r.get("error")]
             n = len(ok)
             correct = sum(1 for r in ok if r["correct"])
@@ -100,6 +107,8 @@ def eval_cells(
                     mean_latency_s=mean(r.get("latency_s") for r in ok),
                     median_latency_s=median(r.get("latency_s") for r in ok),
                     fallbacks=sum(int(r.get("fallbacks", 0)) for r in ok),
+                    mean_budget_tokens=mean(r.get("tokens", {}).get("budget") for r in ok),
+                    budget_reached=sum(1 for r in ok if r.get("budget_reached")),
                 )
             )
     return cells
