@@ -86,6 +86,7 @@ from shared.schemas import (
     RationaleRequest,
     RationaleResponse,
     ScoreRequest,
+    TokenLogprob,
 )
 
 logger = logging.getLogger(__name__)
@@ -204,6 +205,8 @@ class _Run:
             "agent": ServiceCounter(),
             "scorer": ServiceCounter(),
         }
+        self.trace_tokens = False  # per-token log-probs of scored candidates in their traces
+        self._tokens: dict[str, list[TokenLogprob] | None] = {}
 
     # -- upstream calls -----------------------------------------------------------------------
 
@@ -257,10 +260,12 @@ class _Run:
             context=scoring_context(self.question, steps, self.demos, rationale),
             continuations=list(candidates),
             decay=self.decay,
-            return_tokens=False,
+            return_tokens=self.trace_tokens,
         )
         res = await self._call("scorer", self.upstreams.scorer.score(req))
         self.counters["scorer"].add(prompt=res.prompt_tokens)
+        if self.trace_tokens:
+            self._tokens.update((c, s.tokens) for c, s in zip(candidates, res.scores, strict=False))
         if len(res.scores) != len(candidates):
             raise ServiceUnavailable(
                 f"scorer returned {len(res.scores)} scores for {len(candidates)} continuations"
@@ -310,6 +315,9 @@ class _Run:
         by_index = dict(zip(distinct, ranking.scores, strict=True))
         for i, trace in enumerate(traces):
             trace.score = by_index.get(i if trace.duplicate_of is None else trace.duplicate_of)
+            if self.trace_tokens and trace.duplicate_of is None:
+                trace.tokens = self._tokens.get(trace.text)
+        self._tokens.clear()
         return _Selection(
             traces, distinct[ranking.chosen], duplicates, score_ms, self.heuristic.kind
         )
@@ -346,6 +354,7 @@ class Reasoner(_Run):
             answer_kind=request.answer_kind,
         )
         self.request = request
+        self.trace_tokens = request.trace_tokens
         self.answer_grace_s = answer_grace_s
         self.request_id = request_id
         self.deadline_s = min(request.deadline_s or math.inf, max_deadline_s)
