@@ -226,7 +226,7 @@
     } else if (name === "round") {
       run.rounds.push(data);
       if (run === current) appendRound(data);
-    } else if (name === "node") {
+    } else if (name === "node" || (data && data.event === "node")) {
       run.nodes.push(data);
       if (run === current) renderTree(run);
     } else if (name === "done") {
