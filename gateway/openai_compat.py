@@ -108,6 +108,10 @@ def _check_supported(chat: GatewayChatRequest) -> None:
     for name, (bad, why) in UNSUPPORTED.items():
         if name in extra and bad(extra[name]):
             raise UnsupportedParameter(f"{name}: not supported ({why})", field=name)
+    if chat.stream_options is not None and not chat.stream:
+        raise InvalidRequest(
+            "stream_options: only allowed with stream: true", field="stream_options"
+        )
     stops = chat_stops(chat)
     if len(stops) > MAX_STOP:
         raise InvalidRequest(f"stop: at most {MAX_STOP} strings, got {len(stops)}", field="stop")

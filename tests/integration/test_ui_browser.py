@@ -163,7 +163,9 @@ def sample(ui_gateway: str, deadline: float) -> dict[str, Any]:
 
 
 def test_ask_watch_steps_arrive_open_candidates_and_reopen_by_id(
-    page: Any, ui_gateway: str
+    page: Any,
+    ui_gateway: str,
+    redis_server: RedisServer,  # noqa: F811
 ) -> None:
     # note the status line each time a step card appears: steps arrive while the search runs
     page.evaluate(
@@ -206,6 +208,10 @@ def test_ask_watch_steps_arrive_open_candidates_and_reopen_by_id(
     assert page.locator("#tree .node.chosen").count() == len(run["trace"])
     shot = screenshot(page, "ui-run.png")
     assert shot.stat().st_size > 10_000
+    # kept in Redis too, with its TTL, for every replica
+    stored = redis.Redis.from_url(redis_server.url)
+    assert json.loads(stored.get(TRACE_KEY + run["id"]) or b"{}") == run
+    assert 0 < stored.ttl(TRACE_KEY + run["id"]) <= 600
     # the same response again, by its id, in a fresh page load
     page.goto(f"{ui_gateway}/ui#trace={run['id']}")
     page.wait_for_selector("#summary [data-testid=answer]")
@@ -304,6 +310,16 @@ def test_a_dropped_file_that_is_not_results_gives_a_message(
     page.set_input_files("#results-file", str(bad))
     page.wait_for_selector(".status .msg.error")
     assert "notes.txt is not a results.jsonl" in page.inner_text("#status")
+    # dropped onto the page: the same message
+    page.evaluate(
+        """() => { const data = new DataTransfer();
+        data.items.add(new File(['{"a": 1}\\n'], 'other.json', {type: 'application/json'}));
+        document.getElementById('drop').dispatchEvent(
+          new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true})); }"""
+    )
+    page.wait_for_function(
+        "document.getElementById('status').innerText.includes('other.json is not a results')"
+    )
     good = tmp_path / "results.jsonl"
     record = {"key": "k1", "task": "t", "item_id": "i1", "heuristic": "likelihood",
               "question": QUESTION, "correct": True, "response": sample}  # fmt: skip

@@ -206,6 +206,7 @@ async def test_reasoning_effort_presets_and_explicit_options_win(monkeypatch) ->
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"n": 2}, "n"),
         ({"n_candidates": 99}, "n_candidates"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),  # without stream
     ],
 )
 async def test_unsupported_parameters_are_openai_bad_requests(
