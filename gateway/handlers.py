@@ -21,6 +21,7 @@ from gateway import loop
 from gateway.openai_compat import (
     CHAT_ID_PREFIX,
     ChunkWriter,
+    StopText,
     chat_stops,
     openai_error_of,
     to_chat_completion,
@@ -93,14 +94,22 @@ def _search(state: GatewayState, req: ReasonRequest, request_id: str | None) -> 
 
 
 async def reason(
-    state: GatewayState, req: ReasonRequest, request_id: str | None, endpoint: str = "reason"
+    state: GatewayState,
+    req: ReasonRequest,
+    request_id: str | None,
+    endpoint: str = "reason",
+    on_step: Callable[[StepTrace, Search], None] | None = None,
 ) -> ReasonResponse:
+    """Run a search to its response; ``on_step`` sees each step as it is chosen (and may
+    cancel the search)."""
     check_question(req.question, state)
     async with state.limiter.slot():
         search = _search(state, req, request_id)
         with state.searches.register(request_id, search):
             try:
-                response = await run_to_end(search)
+                response = await (
+                    run_to_end(search) if on_step is None else _run_watched(search, on_step)
+                )
             except ServiceError as exc:
                 state.metrics.observe_error(endpoint, exc)
                 raise
@@ -108,6 +117,17 @@ async def reason(
     _log_payload(state, response)
     state.traces.put(response)
     return response
+
+
+async def _run_watched(
+    search: Search, on_step: Callable[[StepTrace, Search], None]
+) -> ReasonResponse:
+    async for item in search.run():
+        if isinstance(item, ReasonResponse):
+            return item
+        if isinstance(item, StepTrace):
+            on_step(item, search)
+    raise AssertionError("the search ended without a response")  # pragma: no cover
 
 
 def _log_payload(state: GatewayState, response: ReasonResponse) -> None:
@@ -134,8 +154,19 @@ async def chat_completion(
     state: GatewayState, chat: GatewayChatRequest, request_id: str | None
 ) -> ChatCompletion:
     req, warnings = to_reason_request(chat, state.settings.served_model_name)
-    response = await reason(state, req, request_id, "chat")
+    stops = chat_stops(chat)
+    answer = StopText(stops)
+
+    def stop_at_stop_string(step: StepTrace, search: Search) -> None:
+        if not answer.stopped:
+            answer.push(step.step if step.index == 0 else "\n" + step.step)
+            if answer.stopped:
+                search.cancel()  # the answer ends here: no more steps
+
+    response = await reason(state, req, request_id, "chat", stop_at_stop_string if stops else None)
     response.warnings[:0] = warnings
+    if answer.stopped:
+        response.warnings.append("stopped at a stop string (`stop`)")
     return to_chat_completion(
         response,
         state.settings.served_model_name,

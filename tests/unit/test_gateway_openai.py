@@ -129,6 +129,7 @@ async def test_stop_cuts_the_answer_and_stops_the_search() -> None:
         chunks = [c async for c in stream]
     assert done.choices[0].message.content == "2 + 3 "
     assert done.choices[0].finish_reason == "stop"
+    assert done.model_extra["rationalyst"]["steps"] == ["2 + 3 = 5."]  # type: ignore[index]
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "2 + 3 "
     final = chunks[-1].model_extra["rationalyst"]  # type: ignore[index]
     assert final["steps"] == ["2 + 3 = 5."]  # no second step was searched for
