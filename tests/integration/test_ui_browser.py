@@ -7,6 +7,9 @@ compare two runs step by step, see a stored trace whose candidate is a ``<script
 as text, load a 64-step, 16-candidate trace, refuse a dropped file that is not a results file,
 and show a stream that fails midway as a failure rather than a spinner.
 
+The search tree is drawn from the response's ``tree`` (and a stream's ``node`` events) when
+there is one: beams, with the chosen path.
+
 The tier has a fixed budget (``TIER_BUDGET_S``, counted from its first test once the gateway
 is up): every wait on the page is bounded by what is left of it, and a test that finds it
 spent fails saying so. Screenshots go to ``test-artifacts/`` (``RATIONALYST_TEST_ARTIFACTS``).
@@ -360,3 +363,56 @@ def test_a_stream_that_fails_midway_shows_the_failure(page: Any, sample: dict[st
     page.wait_for_selector(".status .msg.error")
     assert "ended without a response" in page.inner_text("#status")
     assert page.locator(".status .spinner").count() == 0
+
+
+def beam_tree() -> list[dict[str, Any]]:
+    """A search tree in the response's `tree` shape: two beams at depth 0, one continued."""
+
+    def node(i: int, parent: int | None, depth: int, status: str, score: float) -> dict[str, Any]:
+        answer = "8" if status in ("chosen", "finished") and depth == 2 else None
+        return {"id": f"n{i}", "parent": None if parent is None else f"n{parent}",
+                "depth": depth, "text": f"node {i}", "score": score, "aggregate": score,
+                "status": status, "rationale": None, "answer": answer}  # fmt: skip
+
+    return [
+        node(0, None, 0, "chosen", -0.2),
+        node(1, None, 0, "kept", -0.4),
+        node(2, None, 0, "pruned", -1.5),
+        node(3, 0, 1, "chosen", -0.3),
+        node(4, 1, 1, "pruned", -0.9),
+        node(5, 3, 2, "chosen", -0.1),
+        node(6, 3, 2, "finished", -0.6),
+    ]
+
+
+def test_a_search_tree_renders_beams_with_the_chosen_path(
+    page: Any, sample: dict[str, Any]
+) -> None:
+    tree = beam_tree()
+    # the tree of a response, and the node events of a stream, as the API sends them
+    response = {**sample, "id": "beams", "tree": tree}
+    page.route(
+        "**/v1/traces/beams",
+        lambda route: route.fulfill(status=200, json=response),
+    )
+    page.fill("#trace-id", "beams")
+    page.click("#open-trace")
+    page.wait_for_selector("#tree .node[data-node='n6']")
+    assert page.locator("#tree .node").count() == len(tree)
+    chosen = page.locator("#tree .node.chosen")
+    assert [chosen.nth(i).get_attribute("data-node") for i in range(3)] == ["n0", "n3", "n5"]
+    # nested: each chosen node sits under its parent's list item
+    assert page.locator("#tree li:has(> [data-node='n0']) [data-node='n5']").count() == 1
+    assert page.locator("#tree li:has(> [data-node='n1']) [data-node='n4']").count() == 1
+    assert page.locator("#tree .node.kept").count() == 1
+    assert page.locator("#tree .node.finished").count() == 1
+    events = "".join(
+        f"event: node\ndata: {json.dumps({'event': 'node', **n})}\n\n" for n in tree[:4]
+    )
+    page.route(
+        "**/v1/reason",
+        lambda route: route.fulfill(status=200, body=events, content_type="text/event-stream"),
+    )
+    ask(page, "likelihood")
+    page.wait_for_selector(".status .msg.error")  # no done event: ended without a response
+    assert page.locator("#tree .node").count() == 4  # the streamed nodes, drawn as they came
