@@ -191,6 +191,7 @@ def test_ask_watch_steps_arrive_open_candidates_and_reopen_by_id(
     # a step's candidates: every distinct one with its score and rank, the chosen one marked
     first = run["trace"][0]
     page.click(".step[data-step='0'] details summary")
+    page.wait_for_selector(".step[data-step='0'] table.cands")  # built when first opened
     rows = page.locator(".step[data-step='0'] table.cands tr[data-candidate]")
     distinct = [i for i, c in enumerate(first["candidates"]) if c["duplicate_of"] is None]
     assert rows.count() == len(distinct)
@@ -202,6 +203,7 @@ def test_ask_watch_steps_arrive_open_candidates_and_reopen_by_id(
     index = scored_steps[0]["index"]
     if index != 0:
         page.click(f".step[data-step='{index}'] details summary")
+        page.wait_for_selector(f".step[data-step='{index}'] table.cands")
     tokens = page.locator(f".step[data-step='{index}'] .tok")
     want = sum(len(c["tokens"] or []) for c in scored_steps[0]["candidates"])
     assert tokens.count() == want > 0
@@ -298,6 +300,7 @@ def test_a_64_step_16_candidate_trace_renders(
     assert page.locator("#tree .node").count() == 64 * 16
     assert page.locator("#tree .node.chosen").count() == 64
     page.click(".step[data-step='63'] details summary")
+    page.wait_for_selector(".step[data-step='63'] table.cands")
     assert page.locator(".step[data-step='63'] tr[data-candidate]").count() == 16
     assert page.locator(".step[data-step='63'] .tok").count() == 16 * 12
     # still responsive: a click is answered at once
@@ -363,6 +366,22 @@ def test_a_stream_that_fails_midway_shows_the_failure(page: Any, sample: dict[st
     page.wait_for_selector(".status .msg.error")
     assert "ended without a response" in page.inner_text("#status")
     assert page.locator(".status .spinner").count() == 0
+    # a failure the search survived: the fallback it reports, in the summary
+    fallback = {"step": 0, "service": "scorer", "from_heuristic": "likelihood",
+                "to_heuristic": "random", "reason": "scorer: connection refused"}  # fmt: skip
+    degraded = {**sample, "fallbacks": [fallback], "heuristic_used": "random",
+                "warnings": ["scorer unavailable at step 0; continuing as random"]}  # fmt: skip
+    done = f"event: step\ndata: {step}\n\nevent: done\ndata: {json.dumps(degraded)}\n\n"
+    page.unroute("**/v1/reason")
+    page.route(
+        "**/v1/reason",
+        lambda route: route.fulfill(status=200, body=done, content_type="text/event-stream"),
+    )
+    ask(page, "likelihood")
+    page.wait_for_selector("#summary .fallback")
+    assert "scorer: connection refused" in page.inner_text("#summary .fallback")
+    assert "1 fallback" in page.inner_text("#status")
+    assert "likelihood → random" in page.inner_text("#summary")
 
 
 def beam_tree() -> list[dict[str, Any]]:
