@@ -3,7 +3,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup models run test lint typecheck unit integration bench clean
+.PHONY: setup models run test lint typecheck unit integration browser bench clean
 
 setup: $(BIN)/.installed
 
@@ -30,7 +30,11 @@ unit: setup
 integration: models
 	$(BIN)/pytest -m integration -q
 
-test: lint typecheck models
+# The browser tests need Debian's chromium: the set-up installs it where it is missing.
+browser: setup
+	@command -v chromium >/dev/null 2>&1 || VENV=$(VENV) scripts/bootstrap.sh
+
+test: lint typecheck models browser
 	$(BIN)/pytest -q -ra
 
 clean:

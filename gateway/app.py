@@ -11,10 +11,14 @@ from fastapi import FastAPI
 from gateway.files import create_files_router
 from gateway.jobs import create_jobs_router
 from gateway.metrics import GatewayMetrics
+from gateway.openai_compat import install_openai_errors
 from gateway.registry import create_registry_router
 from gateway.routes import router
 from gateway.settings import GatewaySettings
 from gateway.state import GatewayState, Limiter
+from gateway.traces import TraceStore
+from gateway.traces import router as traces_router
+from gateway.ui import install_ui, ui_paths
 from gateway.upstreams import Upstreams, build_upstreams
 from shared.http import install_error_handlers, install_middleware
 from shared.jobs_store import JobStore
@@ -48,6 +52,12 @@ def create_app(
                 settings.queue_timeout_s,
                 settings.max_queued_requests,
             ),
+            traces=TraceStore(
+                settings.trace_memory,
+                redis_url=settings.redis_url,
+                ttl_s=settings.trace_ttl_s,
+                timeout_s=settings.redis_timeout_s,
+            ),
         )
         logger.info(
             "gateway up: rationalyst=%s agent=%s scorer=%s auth=%s",
@@ -59,7 +69,9 @@ def create_app(
         try:
             yield
         finally:
+            traces = app.state.gateway.traces
             app.state.gateway = None
+            await traces.aclose()
             if clients is None:
                 await upstreams.aclose()
 
@@ -70,14 +82,18 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_openai_errors(app)
     install_middleware(
         app,
         metrics.http,
         token_list=settings.api_key_values(),
+        public_paths=frozenset({"/health", "/ready", "/metrics"}) | ui_paths(),
         cancel_paths=SEARCH_ROUTES.__contains__,
     )
     app.include_router(router)
     app.include_router(create_jobs_router(settings, store=job_store))
     app.include_router(create_files_router(settings, max_upload_bytes=settings.max_upload_bytes))
     app.include_router(create_registry_router(settings))
+    app.include_router(traces_router)
+    install_ui(app)
     return app

@@ -21,6 +21,9 @@ from gateway import loop
 from gateway.openai_compat import (
     CHAT_ID_PREFIX,
     ChunkWriter,
+    StopText,
+    chat_stops,
+    openai_error_of,
     to_chat_completion,
     to_reason_request,
 )
@@ -92,20 +95,40 @@ def _search(state: GatewayState, req: ReasonRequest, request_id: str | None) -> 
 
 
 async def reason(
-    state: GatewayState, req: ReasonRequest, request_id: str | None, endpoint: str = "reason"
+    state: GatewayState,
+    req: ReasonRequest,
+    request_id: str | None,
+    endpoint: str = "reason",
+    on_step: Callable[[StepTrace, Search], None] | None = None,
 ) -> ReasonResponse:
+    """Run a search to its response; ``on_step`` sees each step as it is chosen (and may
+    cancel the search)."""
     check_question(req.question, state)
     async with state.limiter.slot():
         search = _search(state, req, request_id)
         with state.searches.register(request_id, search):
             try:
-                response = await run_to_end(search)
+                response = await (
+                    run_to_end(search) if on_step is None else _run_watched(search, on_step)
+                )
             except ServiceError as exc:
                 state.metrics.observe_error(endpoint, exc)
                 raise
     state.metrics.observe_reason(response, endpoint)
     _log_payload(state, response)
+    state.traces.put(response)
     return response
+
+
+async def _run_watched(
+    search: Search, on_step: Callable[[StepTrace, Search], None]
+) -> ReasonResponse:
+    async for item in search.run():
+        if isinstance(item, ReasonResponse):
+            return item
+        if isinstance(item, StepTrace):
+            on_step(item, search)
+    raise AssertionError("the search ended without a response")  # pragma: no cover
 
 
 def _log_payload(state: GatewayState, response: ReasonResponse) -> None:
@@ -132,9 +155,25 @@ async def chat_completion(
     state: GatewayState, chat: GatewayChatRequest, request_id: str | None
 ) -> ChatCompletion:
     req, warnings = to_reason_request(chat, state.settings.served_model_name)
-    response = await reason(state, req, request_id, "chat")
+    stops = chat_stops(chat)
+    answer = StopText(stops)
+
+    def stop_at_stop_string(step: StepTrace, search: Search) -> None:
+        if not answer.stopped:
+            answer.push(step.step if step.index == 0 else "\n" + step.step)
+            if answer.stopped:
+                search.cancel()  # the answer ends here: no more steps
+
+    response = await reason(state, req, request_id, "chat", stop_at_stop_string if stops else None)
     response.warnings[:0] = warnings
-    return to_chat_completion(response, chat.model)
+    if answer.stopped:
+        response.warnings.append("stopped at a stop string (`stop`)")
+    return to_chat_completion(
+        response,
+        chat.model,
+        chat.reasoning_format or state.settings.reasoning_format,
+        chat_stops(chat),
+    )
 
 
 async def verify(state: GatewayState, req: VerifyRequest, request_id: str | None) -> VerifyResponse:
@@ -234,8 +273,10 @@ class SearchStream:
         *,
         admitted: float,
         unregister: Callable[[], None],
+        search: Search | None = None,
     ) -> None:
         self.state = state
+        self.search = search
         self.first = first
         self.rest = rest
         self._admitted = admitted
@@ -286,6 +327,7 @@ async def open_stream(
         items,
         admitted=admitted,
         unregister=unregister,
+        search=search,
     )
 
 
@@ -328,6 +370,7 @@ async def reason_events(stream: SearchStream, request_id: str | None) -> AsyncIt
             else:
                 metrics.observe_reason(item)
                 _log_payload(stream.state, item)
+                stream.state.traces.put(item)
                 yield _sse("done", item.model_dump_json())
     except Exception as exc:
         if isinstance(exc, ServiceError):
@@ -345,29 +388,54 @@ async def open_chat_stream(
 
 
 async def chat_chunks(
-    stream: SearchStream, warnings: list[str], request_id: str | None
+    stream: SearchStream,
+    warnings: list[str],
+    request_id: str | None,
+    chat: GatewayChatRequest | None = None,
 ) -> AsyncIterator[str]:
-    """OpenAI stream body: a role chunk, one content chunk per step (steps joined by
-    newlines), a final chunk with finish_reason and the whole trace, then ``[DONE]``."""
+    """OpenAI stream body: a role chunk, a chunk per step (its search as reasoning, or with
+    ``reasoning_format: none`` the step as content; steps joined by newlines), a final chunk
+    with the answer, finish_reason and the whole trace, the usage chunk when
+    ``stream_options.include_usage``, then ``[DONE]``. An answer that reaches a ``stop``
+    string stops the search there."""
     metrics = stream.state.metrics
-    writer = ChunkWriter(stream.state.settings.served_model_name, request_id)
+    settings = stream.state.settings
+    writer = ChunkWriter(
+        chat.model if chat else settings.served_model_name,  # a strategy id is echoed
+        request_id,
+        reasoning_format=(chat.reasoning_format if chat else None) or settings.reasoning_format,
+        stop=chat_stops(chat) if chat else (),
+        include_usage=bool(chat and chat.stream_options and chat.stream_options.include_usage),
+    )
+    stopping = False
     try:
         yield f"data: {writer.role()}\n\n"
         async for item in stream.items():
             if isinstance(item, StepTrace):
                 yield f"data: {writer.step(item)}\n\n"
+                if writer.stopped and not stopping and stream.search is not None:
+                    stopping = True  # the answer reached a stop string: no more steps
+                    stream.search.cancel()
             elif isinstance(item, RoundTrace):
                 yield f"data: {writer.round(item)}\n\n"
             elif isinstance(item, TreeNode):
                 continue  # the tree rides along in the final chunk's `rationalyst`
             else:
                 item.warnings[:0] = warnings
+                if stopping:
+                    item.warnings.append("stopped at a stop string (`stop`)")
                 metrics.observe_reason(item, "chat")
+                stream.state.traces.put(item)
                 yield f"data: {writer.done(item)}\n\n"
+                usage = writer.usage(item)
+                if usage is not None:
+                    yield f"data: {usage}\n\n"
     except Exception as exc:
         if isinstance(exc, ServiceError):
             metrics.observe_error("chat", exc)
-        yield f"data: {json.dumps(_error_body(exc, request_id))}\n\n"
+        else:
+            logger.exception("unexpected error in a stream", exc_info=exc)
+        yield f"data: {json.dumps(openai_error_of(exc, request_id))}\n\n"
     finally:
         await stream.aclose()
     yield "data: [DONE]\n\n"

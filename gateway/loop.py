@@ -87,6 +87,7 @@ from shared.schemas import (
     RationaleRequest,
     RationaleResponse,
     ScoreRequest,
+    TokenLogprob,
 )
 from shared.steps import ends_solution, solution_answer, step_text
 
@@ -217,6 +218,8 @@ class _Run:
         self.phases: dict[str, ServiceCounter] = {}
         self.phase: str | None = None
         """Set by a strategy to file the next calls under a phase other than the default."""
+        self.trace_tokens = False  # per-token log-probs of scored candidates in their traces
+        self._tokens: dict[str, list[TokenLogprob] | None] = {}
 
     # -- accounting ---------------------------------------------------------------------------
 
@@ -298,10 +301,12 @@ class _Run:
             context=scoring_context(self.question, steps, self.demos, rationale),
             continuations=list(candidates),
             decay=self.decay,
-            return_tokens=False,
+            return_tokens=self.trace_tokens,
         )
         res = await self._call("scorer", self.upstreams.scorer.score(req))
         self.count("scorer", "score", prompt=res.prompt_tokens)
+        if self.trace_tokens:
+            self._tokens.update((c, s.tokens) for c, s in zip(candidates, res.scores, strict=False))
         if len(res.scores) != len(candidates):
             raise ServiceUnavailable(
                 f"scorer returned {len(res.scores)} scores for {len(candidates)} continuations"
@@ -385,6 +390,9 @@ class _Run:
         by_index = dict(zip(distinct, ranking.scores, strict=True))
         for i, trace in enumerate(traces):
             trace.score = by_index.get(i if trace.duplicate_of is None else trace.duplicate_of)
+            if self.trace_tokens and trace.duplicate_of is None:
+                trace.tokens = self._tokens.get(trace.text)
+        self._tokens.clear()
         return _Selection(
             traces, distinct[ranking.chosen], duplicates, score_ms, self.heuristic.kind
         )
@@ -423,6 +431,7 @@ class Reasoner(_Run):
             answer_kind=request.answer_kind,
         )
         self.request = request
+        self.trace_tokens = request.trace_tokens
         self.answer_grace_s = answer_grace_s
         self.request_id = request_id
         self.deadline_s = min(request.deadline_s or math.inf, max_deadline_s)

@@ -13,6 +13,7 @@ from starlette.background import BackgroundTask
 
 from gateway import handlers
 from gateway.deps import RequestIdDep, StateDep
+from gateway.openai_compat import openai_error_responses
 from gateway.registry import strategy_models
 from shared.gateway_schemas import (
     CancelResponse,
@@ -51,14 +52,15 @@ _VERIFY = error_responses(
     504,
     notes={503: "The LLM verifier's model service is down.", 504: "The LLM verifier timed out."},
 )
-_CHAT = error_responses(
+_CHAT = openai_error_responses(
+    400,
     401,
     404,
-    422,
     503,
     504,
     notes={
-        404: "`model` is not the model this gateway serves (as OpenAI answers an unknown model).",
+        404: "`model` is not the model this gateway serves (as OpenAI answers an unknown model; "
+        "`code: model_not_found`).",
         503: _SEARCH[503]["description"],
         504: _SEARCH[504]["description"],
     },
@@ -130,7 +132,7 @@ async def chat_completions(
     """OpenAI-compatible guided reasoning; extra body fields choose the search."""
     if req.stream:
         stream, warnings = await handlers.open_chat_stream(state, req, rid)
-        return _stream(request, handlers.chat_chunks(stream, warnings, rid), stream)
+        return _stream(request, handlers.chat_chunks(stream, warnings, rid, req), stream)
     return _json(await handlers.chat_completion(state, req, rid))
 
 

@@ -100,6 +100,26 @@ class GatewaySettings(CommonSettings, JobStoreSettings):
         "step; past the deadline it may take this long (at most the request's own deadline_s).",
     )
 
+    reasoning_format: Literal["reasoning_content", "reasoning", "think", "none"] = Field(
+        default="reasoning_content",
+        description="Where /v1/chat/completions puts the search when the request does not say "
+        "(`reasoning_format`): reasoning_content (DeepSeek's field), reasoning, think "
+        "(`<think>` tags in the content) or none (the steps as content).",
+    )
+    trace_memory: int = Field(
+        default=200,
+        ge=0,
+        description="Responses of the last N searches kept in memory for `GET /v1/traces/{id}` "
+        "and the /ui page (0: none).",
+    )
+    trace_ttl_s: float = Field(
+        default=86400.0,
+        ge=0,
+        description="How long responses are also kept in the Redis of `redis_url` (so that "
+        "every gateway replica, and a restarted one, finds them); 0: memory only. A Redis "
+        "that is down never fails a search.",
+    )
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, v: object) -> object:

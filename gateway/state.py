@@ -14,6 +14,7 @@ from typing import Literal, Protocol
 
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
+from gateway.traces import TraceStore
 from gateway.upstreams import Upstreams
 from shared.errors import NotFound, ServiceUnavailable
 
@@ -143,3 +144,4 @@ class GatewayState:
     metrics: GatewayMetrics
     limiter: Limiter
     searches: Searches = field(default_factory=Searches)
+    traces: TraceStore = field(default_factory=TraceStore)

@@ -22,6 +22,18 @@ if ! command -v redis-server >/dev/null 2>&1; then
   fi
 fi
 
+# The browser tests (tests/integration/test_ui_browser.py) drive Debian's headless Chromium
+# with Playwright; its major version must match the Chromium the pinned Playwright was built
+# for (pyproject.toml), which the tests check.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing chromium"
+    apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+  else
+    echo "!! chromium is not installed: install it (apt-get install chromium) to run the browser tests" >&2
+  fi
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   echo "== creating $VENV with $($PYTHON --version)"
   "$PYTHON" -m venv "$VENV"

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, StringConstraints, field_validator
 from shared.answer_kinds import AnswerKind
 from shared.openai_schemas import Lenient, OAChatMessage
 from shared.openai_schemas import Usage as CompletionUsage
-from shared.schemas import Demo, NonEmptyStr, Strict
+from shared.schemas import Demo, NonEmptyStr, Strict, TokenLogprob
 from shared.verify.registry import VerifierKind
 from shared.verify.verdict import Verdict
 
@@ -237,6 +237,11 @@ class SearchOptions(Strict):
         "services); the search stops before a step that would exceed it and returns the best "
         "so far with `budget_reached: true`. Below one step's cost: 422.",
     )
+    trace_tokens: bool = Field(
+        default=False,
+        description="Each scored candidate's per-token log-probabilities under the scorer in "
+        "its trace (`candidates[].tokens`), as the /ui page colours them.",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,6 +280,11 @@ class CandidateTrace(Strict):
     )
     num_tokens: int | None = Field(default=None, description="Tokens the agent generated.")
     finish_reason: str | None = Field(default=None, description="`stop` or `length`.")
+    tokens: list[TokenLogprob] | None = Field(
+        default=None,
+        description="With `trace_tokens`: the candidate's tokens and their log-probabilities "
+        "in its last scoring (None when it was not scored).",
+    )
 
 
 class StageTimings(Strict):
@@ -586,6 +596,17 @@ class VerifyResponse(Verdict):
 # OpenAI-compatible chat completions (extras tolerated)
 
 
+ReasoningFormat = Literal["reasoning_content", "reasoning", "think", "none"]
+"""Where a chat completion puts the search (the steps, rationales and candidates)."""
+ReasoningEffort = Literal["low", "medium", "high"]
+
+
+class ChatStreamOptions(Lenient):
+    include_usage: bool = Field(
+        default=False, description="Send a last chunk with `usage` (and no choices)."
+    )
+
+
 class GatewayChatRequest(Lenient):
     """OpenAI chat request. The last user message is the question; extra body fields
     (`heuristic`, `n_candidates`, `max_steps`, ...) set the search options."""
@@ -601,9 +622,33 @@ class GatewayChatRequest(Lenient):
     seed: int | None = None
     n: int | None = Field(default=None, ge=1, le=1, description="Only 1 is supported.")
     max_tokens: int | None = Field(
-        default=None, ge=1, description="Accepted; the budget is max_steps x max_step_tokens."
+        default=None, ge=1, description="As max_completion_tokens (the smaller one applies)."
     )
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most tokens the search may generate, reasoning included: max_steps is "
+        "lowered to fit (one step = n_candidates x max_step_tokens + max_rationale_tokens, one "
+        "step kept for a forced answer; self_improve: max_rounds x max_round_tokens); 400 when "
+        "not even one step fits.",
+    )
+    stop: str | list[str] | None = Field(
+        default=None,
+        description="Up to 4 strings: the answer (`content`) ends before the first of them, "
+        "the search stops there and finish_reason is `stop`.",
+    )
+    stream_options: ChatStreamOptions | None = None
+    reasoning_effort: ReasoningEffort | None = Field(
+        default=None,
+        description="Search budget preset: low (n_candidates 2, max_steps 6), medium (3, 15), "
+        "high (6, 32); explicit n_candidates/max_steps win.",
+    )
+    reasoning_format: ReasoningFormat | None = Field(
+        default=None,
+        description="Where the search goes: `reasoning_content` (DeepSeek's field), "
+        "`reasoning`, `think` (`<think>...</think>` before the answer in `content`) or `none` "
+        "(the steps as content); default: the gateway's reasoning_format setting.",
+    )
     # Gateway extras (extra_body in the openai client).
     heuristic: Heuristic | None = None
     n_candidates: int | None = Field(default=None, ge=1, le=16)
@@ -633,6 +678,12 @@ class GatewayChatRequest(Lenient):
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
+    reasoning_content: str | None = Field(
+        default=None, description="The search as text (reasoning_format reasoning_content)."
+    )
+    reasoning: str | None = Field(
+        default=None, description="The search as text (reasoning_format reasoning)."
+    )
 
 
 class ChatChoice(BaseModel):
@@ -657,6 +708,8 @@ class ChatCompletion(BaseModel):
 class ChunkDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
 
 class ChunkChoice(BaseModel):
@@ -679,6 +732,11 @@ class ChatCompletionChunk(BaseModel):
     rationalyst_step: StepTrace | None = None
     rationalyst_round: RoundTrace | None = None
     rationalyst: ReasonResponse | None = None
+    usage: CompletionUsage | None = Field(
+        default=None,
+        description="With `stream_options.include_usage`: set on the last chunk (empty "
+        "`choices`), null on the others.",
+    )
 
 
 class CancelResponse(Strict):

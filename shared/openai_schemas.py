@@ -75,10 +75,17 @@ class ChatCompletionRequest(_SamplingFields):
         return self.max_completion_tokens or self.max_tokens or default
 
 
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int = Field(
+        default=0, description="Generated tokens that are not in the answer (the search)."
+    )
+
+
 class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    completion_tokens_details: CompletionTokensDetails | None = None
 
 
 class ChatCompletionChoice(Lenient):
@@ -129,6 +136,31 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class OpenAIErrorDetail(BaseModel):
+    """An error as OpenAI's API writes it (the openai SDKs read ``message``); ``request_id``
+    is the gateway's X-Request-Id."""
+
+    message: str = Field(description="For people; names the parameter at fault.")
+    type: str = Field(
+        description="invalid_request_error (400, 404), authentication_error (401), "
+        "server_error (503, 504, 500).",
+        examples=["invalid_request_error"],
+    )
+    param: str | None = Field(default=None, description="The request parameter at fault.")
+    code: str | None = Field(
+        default=None,
+        description="unsupported_parameter, unsupported_value, invalid_value, model_not_found, "
+        "or the gateway's own error type (service_unavailable, timeout, ...).",
+    )
+    request_id: str | None = Field(default=None, description="The request's X-Request-Id.")
+
+
+class OpenAIErrorBody(BaseModel):
+    """The error body of the OpenAI-compatible routes."""
+
+    error: OpenAIErrorDetail
 
 
 def completion_id(prefix: str) -> str:

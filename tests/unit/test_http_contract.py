@@ -30,7 +30,8 @@ GATEWAY: dict[tuple[str, str], set[int]] = {
     ("GET", "/ready"): {503},
     ("POST", "/v1/reason"): SEARCH,
     ("POST", "/v1/select"): SEARCH,
-    ("POST", "/v1/chat/completions"): SEARCH | {404},  # a model it does not serve
+    # OpenAI's statuses: a bad parameter is a 400 (the SDKs' BadRequestError)
+    ("POST", "/v1/chat/completions"): {400, 401, 404, 503, 504},
     ("POST", "/v1/reason/{search_id}/cancel"): {401, 404, 422},
     ("POST", "/v1/verify"): SEARCH,
     ("POST", "/v1/chat/completions/{completion_id}/cancel"): {401, 404, 422},
@@ -48,7 +49,11 @@ GATEWAY: dict[tuple[str, str], set[int]] = {
     ("DELETE", "/v1/files/{file_id}"): {401, 404, 422},
     ("GET", "/v1/registry/models"): {401},
     ("GET", "/v1/registry/models/{name}"): {401, 404, 422},
+    ("GET", "/v1/traces/{trace_id}"): {401, 404, 422, 503},
 }
+# Routes that answer errors in OpenAI's body (`{"error": {message, type, param, code}}`) with
+# OpenAI's statuses (400 for a bad parameter); their 401 comes from the auth middleware.
+OPENAI_SHAPED = {("POST", "/v1/chat/completions")}
 MODEL_SERVICE: dict[tuple[str, str], set[int]] = {
     ("GET", "/health"): set(),
     ("GET", "/ready"): {503},
@@ -97,11 +102,13 @@ def test_openapi_every_route_declares_its_error_statuses(make, expected) -> None
         assert (401 in declared) == (path not in PUBLIC), key
         if "{" in path:
             assert 404 in declared, key
+        openai = make is gateway_app and key in OPENAI_SHAPED
         if op.get("parameters") or op.get("requestBody"):
-            assert 422 in declared, key
+            assert (400 if openai else 422) in declared, key
         for status in declared:
             content = op["responses"][str(status)]["content"]["application/json"]
-            assert content["schema"] == {"$ref": "#/components/schemas/ErrorBody"}, (key, status)
+            body = "OpenAIErrorBody" if openai and status != 401 else "ErrorBody"
+            assert content["schema"] == {"$ref": f"#/components/schemas/{body}"}, (key, status)
             assert op["responses"][str(status)]["description"], (key, status)
     schemas = app.openapi()["components"]["schemas"]
     assert "HTTPValidationError" not in schemas  # FastAPI's own 422 shape, which nobody answers
@@ -156,11 +163,35 @@ async def check_bad_bodies(client: httpx.AsyncClient, path: str) -> None:
         assert err["request_id"] == "r1"
 
 
-@pytest.mark.parametrize("path", ["/v1/reason", "/v1/select", "/v1/chat/completions", "/v1/jobs"])
+@pytest.mark.parametrize("path", ["/v1/reason", "/v1/select", "/v1/jobs"])
 async def test_gateway_bad_bodies_get_the_envelope_naming_body(asgi_client, path: str) -> None:  # type: ignore[no-untyped-def]
     settings = GatewaySettings(redis_url="redis://127.0.0.1:1/0", redis_timeout_s=0.5)
     async with asgi_client(create_gateway(settings, clients=fake_upstreams())) as client:
         await check_bad_bodies(client, path)
+
+
+async def test_gateway_chat_bad_bodies_get_openais_body_naming_body(asgi_client) -> None:  # type: ignore[no-untyped-def]
+    async with asgi_client(gateway_app()) as client:
+        for content, content_type, says in BAD_BODIES:
+            headers = {"content-type": content_type} if content_type else {}
+            r = await client.post(
+                "/v1/chat/completions", content=content, headers={**headers, "X-Request-Id": "r1"}
+            )
+            assert r.status_code == 400, (content, r.text)
+            err = r.json()["error"]
+            assert set(err) == {"message", "type", "param", "code", "request_id"}, err
+            assert err["type"] == "invalid_request_error" and err["param"] == "body", err
+            assert err["message"].startswith("body: ") and says in err["message"], (content, err)
+            assert err["request_id"] == "r1"
+
+
+async def test_trace_by_id_unknown_is_a_404_envelope(asgi_client) -> None:  # type: ignore[no-untyped-def]
+    async with asgi_client(gateway_app()) as client:
+        r = await client.get("/v1/traces/nope", headers={"X-Request-Id": "r404"})
+    assert r.status_code == 404
+    body = ErrorBody.model_validate(r.json())
+    assert body.error.type == "not_found" and body.error.field == "trace_id"
+    assert "nope" in body.error.message and body.error.request_id == "r404"
 
 
 @pytest.mark.parametrize("path", ["/v1/propose", "/v1/score", "/v1/chat/completions"])
