@@ -75,6 +75,8 @@ class Trajectory:
     turns: list[Turn] = field(default_factory=list)
     kept: bool = False
     reason: str | None = None
+    unread: str | None = None
+    """The text that could not be read, for an ``unparseable`` trajectory."""
 
     @property
     def improvements(self) -> int:
@@ -86,6 +88,7 @@ class Trajectory:
             "attempt": self.attempt,
             "kept": self.kept,
             "reason": self.reason,
+            "unread": self.unread,
             "improvements": self.improvements if self.kept else None,
             "turns": [
                 {"answer": t.answer, "feedback": t.verdict.feedback, "step": t.verdict.step}
@@ -111,20 +114,20 @@ async def collect_trajectory(
     """Verify and improve one attempt until it verifies, or drop it (with the reason)."""
     trajectory = Trajectory(item_id, attempt)
 
-    def drop(reason: str) -> Trajectory:
-        trajectory.reason = reason
+    def drop(reason: str, unread: str | None = None) -> Trajectory:
+        trajectory.reason, trajectory.unread = reason, unread
         return trajectory
 
     answer = normalize(text)
     if answer is None:
-        return drop("unparseable")
+        return drop("unparseable", text)
     check = await verify(answer)
     for round_ in range(max_rounds + 1):
         verdict = check.verdict
         if check.drop is not None:
             return drop(check.drop)
         if verdict.unparseable:
-            return drop("unparseable")
+            return drop("unparseable", answer)
         trajectory.turns.append(Turn(answer, verdict))
         if verdict.correct:
             trajectory.kept = True
@@ -137,7 +140,7 @@ async def collect_trajectory(
             return drop("improver_failed")
         improved = normalize(rewritten)
         if improved is None:
-            return drop("unparseable")
+            return drop("unparseable", rewritten)
         flagged = _step_text(answer, verdict.step_index)
         if _step_text(improved, verdict.step_index) == flagged:
             return drop("unchanged_step")

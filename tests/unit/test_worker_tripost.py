@@ -143,6 +143,10 @@ async def test_tripost_trajectories_are_dropped_with_their_reason(
     item = ITEMS[2]
     t = await run(item, attempt(item), fix)
     assert not t.kept and t.reason == reason
+    # what could not be read is kept, to show why
+    unread = {"I do not know.", "no steps here"}
+    assert (t.unread in unread) if reason == "unparseable" else t.unread is None
+    assert t.to_json()["unread"] == t.unread
 
 
 async def test_tripost_still_wrong_after_the_last_round() -> None:
