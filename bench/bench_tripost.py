@@ -1,7 +1,8 @@
 """TriPosT benchmark: a whole ``tripost`` job on the embedded model, on this machine.
 
     python bench/bench_tripost.py [--task multistep_arithmetic_seen] [--items 16]
-        [--iterations 3] [--eval-items 12] [--out /tmp/bench-tripost]
+        [--iterations 3] [--eval-items 12] [--eval-tokens 512] [--no-gold]
+        [--out /tmp/bench-tripost]
 
 Starts its own redis-server and one worker (which serves each model the job trains itself)
 and runs the job: evaluate the base model, fine-tune on the gold rationales and evaluate,
@@ -55,7 +56,8 @@ def job_spec(args: argparse.Namespace) -> dict[str, Any]:
             "max_length": 1024,
         },
         "dev_fraction": 0.0,
-        "eval": {"items": args.eval_items, "max_rounds": 3, "max_tokens": 512},
+        "gold_sft": not args.no_gold,
+        "eval": {"items": args.eval_items, "max_rounds": 3, "max_tokens": args.eval_tokens},
     }
 
 
@@ -138,6 +140,10 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=16, help="training questions")
     ap.add_argument("--iterations", type=int, default=3)
     ap.add_argument("--eval-items", type=int, default=12, help="questions per bucket")
+    ap.add_argument("--eval-tokens", type=int, default=512, help="tokens per generation")
+    ap.add_argument(
+        "--no-gold", action="store_true", help="no stage 0: iteration 1 starts from the base model"
+    )
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--learning-rate", type=float, default=1e-4)
     ap.add_argument("--seed", type=int, default=0)
