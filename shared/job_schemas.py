@@ -1074,6 +1074,11 @@ class Progress(Strict):
     shards_total: int | None = Field(default=None, description="None until the stage is planned.")
     records_done: int = 0
     records_total: int | None = None
+    rollouts_done: int | None = Field(
+        default=None,
+        description="prm_labels: rollouts the agent has completed for the stage so far (those "
+        "taken from the rollout cache not counted).",
+    )
 
 
 class RecordCounts(Strict):

@@ -754,6 +754,7 @@ class JobStore:
                         shards_total=_num(raw.get(p + "shards_total")),
                         records_done=_num(raw.get(p + "records_done")) or 0,
                         records_total=_num(raw.get(p + "records_total")),
+                        rollouts_done=_num(raw.get(p + "rollouts")),
                     ),
                     counts=RecordCounts(
                         records_in=_num(raw.get(p + "in")) or 0,

@@ -156,11 +156,31 @@ def item(i: int, **over: Any) -> dict[str, Any]:
     return TaskItem.model_validate({**base, **over}).model_dump()
 
 
+class FakeStore:
+    """Where the stage reports its rollouts as they arrive."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+        self.redis = self
+
+    def job_key(self, job_id: str) -> str:
+        return f"job:{job_id}"
+
+    async def hincrby(self, key: str, field: str, n: int) -> None:
+        self.counts[(key, field)] = self.counts.get((key, field), 0) + n
+
+
 async def run_stage(
-    artifacts: Path, stage: PrmLabelsStage, records: list[RawRecord], agent: FakeAgent
+    artifacts: Path,
+    stage: PrmLabelsStage,
+    records: list[RawRecord],
+    agent: FakeAgent,
+    store: FakeStore | None = None,
 ) -> Any:
     rt = SimpleNamespace(
-        settings=WorkerSettings(artifacts_dir=artifacts, request_concurrency=4), agent=agent
+        settings=WorkerSettings(artifacts_dir=artifacts, request_concurrency=4),
+        agent=agent,
+        store=store or FakeStore(),
     )
     extras = await stage.prepare(rt)
 
@@ -184,9 +204,11 @@ def make_stage(**fields: Any) -> PrmLabelsStage:
 async def test_stage_labels_each_solution_from_prefixes_that_include_the_step(
     tmp_path: Path,
 ) -> None:
-    agent = FakeAgent()
+    agent, store = FakeAgent(), FakeStore()
     records = [RawRecord(0, item(0))]
-    result = await run_stage(tmp_path, make_stage(), records, agent)
+    result = await run_stage(tmp_path, make_stage(), records, agent, store)
+    # progress in rollouts: the 4 solutions, then 3 distinct prefixes x 2 rollouts
+    assert store.counts == {("job:job-p", "s0:rollouts"): 4 + 3 * 2}
     rows = {r["id"]: r for r in result.streams["stepwise"]}
     assert sorted(rows) == ["p0:0", "p0:1", "p0:2", "p0:3"]
     right, wrong = rows["p0:0"], rows["p0:1"]

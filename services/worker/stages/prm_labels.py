@@ -27,6 +27,7 @@ for the report). ``finish`` merges them and writes ``report.json``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import zlib
 from collections import Counter
@@ -189,7 +190,17 @@ class PrmLabelsStage(Stage):
                 response = await ctx.runtime.agent.rollout(req)
             cache.put(key, [c.model_dump(mode="json") for c in response.completions])
             tally["rollouts_computed"] += n
+            await report_rollouts(n)
             return response.completions
+
+        async def report_rollouts(n: int) -> None:
+            """Progress in rollouts, in the job's status as they arrive (best effort)."""
+            store = getattr(ctx.runtime, "store", None)
+            if store is None:
+                return
+            with contextlib.suppress(Exception):
+                key = store.job_key(ctx.job_id)
+                await store.redis.hincrby(key, f"s{ctx.stage_index}:rollouts", n)
 
         def correct(item: TaskItem, steps: list[str]) -> bool:
             return check_answer(item, solution_text(steps)).correct
