@@ -34,6 +34,7 @@ class JobKind(StrEnum):
     train_tripost = "train_tripost"
     tripost_eval = "tripost_eval"
     tripost = "tripost"
+    prm_labels = "prm_labels"
 
 
 STAGE_KINDS: tuple[JobKind, ...] = (
@@ -850,6 +851,65 @@ class TripostSpec(TripostQuestions):
         return stages
 
 
+class PrmLabelMethod(StrEnum):
+    """How prm_labels finds the label of each step from Monte-Carlo rollouts."""
+
+    shepherd = "shepherd"
+    """Math-Shepherd: ``n_rollouts`` rollouts from the prefix ending at EVERY step (the step
+    included); hard label = any reaches the gold answer, soft label = the share that do."""
+    binary_search = "binary_search"
+    """OmegaPRM-style: binary search over the prefixes of a solution for the first step whose
+    prefix no longer reaches the gold answer (steps before it positive, from it on negative),
+    probing about log2(steps) prefixes instead of every one; the solutions themselves are the
+    rollouts of the empty prefix, and a finished solution's end is known without rollouts."""
+
+
+class PrmLabelsSpec(Strict):
+    """Process labels from Monte-Carlo rollouts (Math-Shepherd): per problem ``n_solutions``
+    solutions from the agent (``/v1/rollout`` from the question), per step ``n_rollouts``
+    completions from the prefix that includes the step, each completion's answer checked
+    against the gold one by the task's own checker. Outputs ``stepwise.jsonl``,
+    ``outcome.jsonl`` and ``report.json``."""
+
+    kind: Literal[JobKind.prm_labels]
+    name: str | None = Field(default=None, max_length=200, description="A label for listings.")
+    task: NonEmptyStr | None = Field(
+        default=None,
+        description="A task with gold answers: `multistep_arithmetic_seen`, a BIG-bench task, "
+        "`jsonl:<path>` (GSM8K-style) ...; or give `input` instead.",
+    )
+    items: int = Field(default=100, ge=1, le=1_000_000, description="Problems of the task.")
+    input: InputSpec | None = Field(
+        default=None,
+        description="A JSONL of `{question, answer}` rows (instead of `task`); the answer kind "
+        "is the row's `kind` when given, else detected from the question.",
+    )
+    limit: int | None = Field(default=None, ge=1, description="Only the first `limit` rows.")
+    shard_size: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="Problems per shard (default: setting)."
+    )
+    seed: int = Field(default=0, description="Order of the task's items and every sample.")
+    method: PrmLabelMethod = Field(default=PrmLabelMethod.shepherd)
+    n_solutions: int = Field(
+        default=4, ge=1, le=64, description="Solutions per problem (bounded by a setting)."
+    )
+    n_rollouts: int = Field(
+        default=4, ge=1, le=64, description="Rollouts per probed prefix (bounded by a setting)."
+    )
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0, description="Of solutions, rollouts.")
+    max_steps: int = Field(default=8, ge=1, le=64, description="Most steps of a solution.")
+    max_step_tokens: int = Field(default=96, ge=1, le=2048, description="Most tokens of a step.")
+    few_shot: int = Field(
+        default=3, ge=0, le=8, description="The task's worked examples in the agent's prompt."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.task is None) == (self.input is None):
+            raise ValueError("give task (a task with gold answers) or input (JSONL), not both")
+        return self
+
+
 @dataclass(frozen=True)
 class JobStage:
     """One stage of a job: its kind, its folder under the job's folder (also its name in
@@ -926,7 +986,8 @@ JobSpec = Annotated[
     | TripostCollectSpec
     | TrainTripostSpec
     | TripostEvalSpec
-    | TripostSpec,
+    | TripostSpec
+    | PrmLabelsSpec,
     Field(discriminator="kind"),
 ]
 
@@ -950,6 +1011,8 @@ def named_inputs(spec: Any) -> list[tuple[str, InputSpec]]:
     ``prefilter.reference.input``), for checks whose errors name the field."""
     out: list[tuple[str, InputSpec]] = []
     if isinstance(spec, JobCommon):
+        out.append(("input", spec.input))
+    if isinstance(spec, PrmLabelsSpec) and spec.input is not None:
         out.append(("input", spec.input))
     if isinstance(spec, PrefilterSpec) and spec.reference.input is not None:
         out.append(("reference.input", spec.reference.input))
@@ -1030,6 +1093,11 @@ class Progress(Strict):
     shards_total: int | None = Field(default=None, description="None until the stage is planned.")
     records_done: int = 0
     records_total: int | None = None
+    rollouts_done: int | None = Field(
+        default=None,
+        description="prm_labels: rollouts the agent has completed for the stage so far (those "
+        "taken from the rollout cache not counted).",
+    )
 
 
 class RecordCounts(Strict):

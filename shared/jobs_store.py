@@ -46,6 +46,7 @@ from shared.job_schemas import (
     JobStage,
     JobState,
     JobStatus,
+    PrmLabelsSpec,
     Progress,
     RecordCounts,
     RecordError,
@@ -116,6 +117,21 @@ class JobStoreSettings(BaseSettings):
             else:
                 v = [d.strip() for d in v.split(",") if d.strip()]
         return v or None
+
+    prm_max_solutions: int = Field(
+        default=16,
+        ge=1,
+        le=64,
+        description="prm_labels: the most solutions per problem (`n_solutions`) a job may ask "
+        "for; more is a 422 at submit.",
+    )
+    prm_max_rollouts: int = Field(
+        default=16,
+        ge=1,
+        le=64,
+        description="prm_labels: the most rollouts per probed prefix (`n_rollouts`) a job may "
+        "ask for; more is a 422 at submit.",
+    )
 
     def data_roots(self) -> DataRoots:
         """The folders job inputs must lie in (see :mod:`shared.data_roots`)."""
@@ -310,15 +326,19 @@ class JobStore:
         *,
         redis_url: str = "",
         data_roots: DataRoots | None = None,
+        prm_max_solutions: int = 16,
+        prm_max_rollouts: int = 16,
     ) -> None:
         """``data_roots``: where submitted jobs may read (default: the artifacts root and the
-        shipped sample data, as the ``data_dirs`` setting's default)."""
+        shipped sample data, as the ``data_dirs`` setting's default); ``prm_max_*``: the
+        bounds of prm_labels jobs (settings of the same names)."""
         # redis-py types async results as ``Awaitable[T] | T``; Any keeps call sites readable.
         self.redis: Any = redis
         self.artifacts_dir = Path(artifacts_dir).expanduser()
         self.redis_url = redis_url
         self.data_roots = data_roots or DataRoots.of(default_data_dirs(self.artifacts_dir))
         self.files = FileStore(self.artifacts_dir)
+        self.prm_limits = {"n_solutions": prm_max_solutions, "n_rollouts": prm_max_rollouts}
         self._shard_done = redis.register_script(_SHARD_DONE_LUA)
         self._set_if_active = redis.register_script(_SET_STATE_IF_ACTIVE_LUA)
 
@@ -329,6 +349,8 @@ class JobStore:
             settings.artifacts_dir,
             redis_url=settings.redis_url,
             data_roots=settings.data_roots(),
+            prm_max_solutions=settings.prm_max_solutions,
+            prm_max_rollouts=settings.prm_max_rollouts,
         )
 
     async def aclose(self) -> None:
@@ -373,6 +395,8 @@ class JobStore:
             await self.check_tripost_training_spec(spec)
         if isinstance(spec, TripostSpec):
             self.check_tripost_names(spec, job_id)
+        if isinstance(spec, PrmLabelsSpec):
+            await asyncio.to_thread(self.check_prm_labels_spec, spec)
         now = time.time()
         stages = job_stages(spec)
         fields = {
@@ -481,6 +505,33 @@ class JobStore:
             raise InvalidRequest(
                 f"job {source.id} has no samples at {rows}",
                 field="data.path" if spec.data.path else "data.job",
+            )
+
+    def check_prm_labels_spec(self, spec: PrmLabelsSpec) -> None:
+        """Reject at submit a prm_labels job over the configured bounds, or on a task that is
+        unknown, whose data is missing, or whose first items have no gold answer the task's
+        checker can read (nothing could be labelled)."""
+        for field, limit in self.prm_limits.items():
+            value = int(getattr(spec, field))
+            if value > limit:
+                raise InvalidRequest(
+                    f"{field} must be <= {limit} (setting prm_max_{field.removeprefix('n_')})",
+                    field=field,
+                )
+        if spec.task is None:
+            return
+        from shared.tasks import DataMissingError, UnknownTaskError, get_task
+        from shared.tasks.answers import gold_forms
+
+        try:
+            items = get_task(spec.task).items(min(spec.items, 8), seed=spec.seed)
+        except (UnknownTaskError, DataMissingError, OSError, ValueError) as exc:
+            raise InvalidRequest(f"task: {exc}", field="task") from None
+        if not any(gold_forms(item) for item in items):
+            raise InvalidRequest(
+                f"task {spec.task!r} has no gold answers its checker can read (looked at "
+                f"{len(items)} items); prm_labels needs them to label steps",
+                field="task",
             )
 
     def check_tripost_names(self, spec: TripostSpec, job_id: str) -> None:
@@ -713,6 +764,7 @@ class JobStore:
                         shards_total=_num(raw.get(p + "shards_total")),
                         records_done=_num(raw.get(p + "records_done")) or 0,
                         records_total=_num(raw.get(p + "records_total")),
+                        rollouts_done=_num(raw.get(p + "rollouts")),
                     ),
                     counts=RecordCounts(
                         records_in=_num(raw.get(p + "in")) or 0,

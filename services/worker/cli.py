@@ -147,7 +147,7 @@ def submit(
         str | None,
         typer.Option(
             help="prefilter, extract, filter, sft_data, rationale_pipeline, train_rationalyst, "
-            "tripost_collect, train_tripost, tripost_eval or tripost."
+            "tripost_collect, train_tripost, tripost_eval, tripost or prm_labels."
         ),
     ] = None,
     input_paths: Annotated[
@@ -188,8 +188,9 @@ def _stage_line(stage: dict[str, Any]) -> tuple[int, int | None, str]:
         parts.append(f"[{t['phase'] if stage['state'] == 'running' else stage['state']}]")
         return int(t["step"]), t["max_steps"], "  ".join(parts)
     p, c = stage["progress"], stage["counts"]
+    rollouts = f"rollouts {p['rollouts_done']}  " if p.get("rollouts_done") is not None else ""
     detail = (
-        f"kept {c['records_kept']}  dropped {c['records_dropped']}  "
+        f"{rollouts}kept {c['records_kept']}  dropped {c['records_dropped']}  "
         f"failed {c['records_failed']}  [{stage['state']}]"
     )
     return int(p["records_done"]), p["records_total"], detail

@@ -230,3 +230,25 @@ async def test_vllm_openai_server_as_upstream(
                 assert abs(lp - float(expected[len(ids) + k - 1, tok])) < TOL
     finally:
         await eng.close()
+
+
+async def test_rollout_through_the_remote_engine(engine: RemoteEngine) -> None:
+    """/v1/rollout's work on this engine: the first step as one n-sample request, later
+    steps as concurrent requests to the upstream; a seed reproduces the completions."""
+    from services.model_server.handlers import ModelService
+    from services.model_server.metrics import ModelMetrics
+    from shared.schemas import Role, RolloutRequest
+
+    service = ModelService(ModelServerSettings(role=Role.agent), engine, ModelMetrics())
+    req = RolloutRequest(
+        question="Tom has 3 apples and buys 5 more. How many?",
+        n=2, seed=3, max_steps=2, max_step_tokens=16,
+    )  # fmt: skip
+    first = await service.rollout(req)
+    again = await service.rollout(req)
+    assert len(first.completions) == 2
+    for c in first.completions:
+        assert 1 <= len(c.steps) <= 2
+        assert all(s and s == s.strip() for s in c.steps)
+        assert c.completion_tokens > 0
+    assert [c.steps for c in again.completions] == [c.steps for c in first.completions]

@@ -10,6 +10,7 @@ from services.worker.stages.base import Stage
 from services.worker.stages.extract import ExtractStage
 from services.worker.stages.filter import FilterStage
 from services.worker.stages.prefilter import PrefilterStage
+from services.worker.stages.prm_labels import PrmLabelsStage
 from services.worker.stages.sft import SftStage
 from services.worker.stages.train import TrainStage, TrainTripostStage
 from services.worker.stages.tripost import TripostCollectStage
@@ -20,6 +21,7 @@ from shared.job_schemas import (
     JobKind,
     JobStage,
     PrefilterOptions,
+    PrmLabelsSpec,
     RationalePipelineSpec,
     SftOptions,
     TrainRationalystSpec,
@@ -38,6 +40,7 @@ STAGES: dict[JobKind, tuple[type[Stage], type[BaseModel]]] = {
     JobKind.tripost_collect: (TripostCollectStage, TripostCollectSpec),
     JobKind.train_tripost: (TrainTripostStage, TrainTripostSpec),
     JobKind.tripost_eval: (TripostEvalStage, TripostEvalSpec),
+    JobKind.prm_labels: (PrmLabelsStage, PrmLabelsSpec),
 }
 
 
