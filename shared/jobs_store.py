@@ -39,6 +39,7 @@ from shared.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from shared.file_store import FileStore
 from shared.job_schemas import (
     JOB_ID_PATTERN,
+    LABELS_JOB_KIND,
     LONG_RUNNING_KINDS,
     ArtifactInfo,
     JobKind,
@@ -53,6 +54,8 @@ from shared.job_schemas import (
     StageStatus,
     Timings,
     TrainingProgress,
+    TrainOrmSpec,
+    TrainPrmSpec,
     TrainRationalystSpec,
     TrainTripostSpec,
     TripostSpec,
@@ -129,6 +132,17 @@ def training_data_files(root: Path, job_id: str) -> tuple[Path, Path]:
     """Where a finished sft_data (or rationale_pipeline) job keeps its train and dev rows."""
     folder = stage_dir(root, job_id, JobKind.sft_data)
     return folder / "train.jsonl", folder / "dev.jsonl"
+
+
+def reward_data_file(root: Path, job_id: str, kind: JobKind | str) -> Path:
+    """Where a finished prm_labels job keeps the rows a reward training reads: stepwise rows
+    for ``train_prm``, outcome rows for ``train_orm`` (in its stage folder, else its own)."""
+    name = "stepwise.jsonl" if JobKind(kind) is JobKind.train_prm else "outcome.jsonl"
+    in_stage = stage_dir(root, job_id, LABELS_JOB_KIND) / name
+    if in_stage.is_file():
+        return in_stage
+    top = job_dir(root, job_id) / name
+    return top if top.is_file() else in_stage
 
 
 def job_dir(root: Path, job_id: str) -> Path:
@@ -367,6 +381,8 @@ class JobStore:
             await self.check_tripost_training_spec(spec)
         if isinstance(spec, TripostSpec):
             self.check_tripost_names(spec, job_id)
+        if isinstance(spec, TrainPrmSpec | TrainOrmSpec):
+            await self.check_reward_training_spec(spec)
         now = time.time()
         stages = job_stages(spec)
         fields = {
@@ -472,6 +488,34 @@ class JobStore:
                 f"job {source.id} has no samples at {rows}",
                 field="data.path" if spec.data.path else "data.job",
             )
+
+    async def check_reward_training_spec(self, spec: TrainPrmSpec | TrainOrmSpec) -> None:
+        """As :meth:`check_training_spec`, for reward models: a data job must be a succeeded
+        prm_labels job whose stepwise (PRM) or outcome (ORM) rows exist."""
+        if spec.model_name and ModelRegistry(self.artifacts_dir).find(spec.model_name):
+            raise InvalidRequest(
+                f"model name {spec.model_name!r} is already registered", field="model_name"
+            )
+        if spec.data.job is None:
+            return
+        try:
+            source = await self.get(spec.data.job)
+        except NotFound:
+            raise InvalidRequest(f"no job {spec.data.job!r}", field="data.job") from None
+        if source.kind.value != LABELS_JOB_KIND:
+            raise InvalidRequest(
+                f"job {source.id} is a {source.kind.value} job; reward training data comes "
+                f"from a {LABELS_JOB_KIND} job",
+                field="data.job",
+            )
+        if source.state is not JobState.succeeded:
+            raise InvalidRequest(
+                f"job {source.id} has not succeeded (it is {source.state.value})",
+                field="data.job",
+            )
+        rows = reward_data_file(self.artifacts_dir, source.id, spec.kind)
+        if not rows.is_file() or rows.stat().st_size == 0:
+            raise InvalidRequest(f"job {source.id} has no rows at {rows}", field="data.job")
 
     def check_tripost_names(self, spec: TripostSpec, job_id: str) -> None:
         """Reject at submit a tripost job whose models' names are already registered."""

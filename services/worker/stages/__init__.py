@@ -11,7 +11,12 @@ from services.worker.stages.extract import ExtractStage
 from services.worker.stages.filter import FilterStage
 from services.worker.stages.prefilter import PrefilterStage
 from services.worker.stages.sft import SftStage
-from services.worker.stages.train import TrainStage, TrainTripostStage
+from services.worker.stages.train import (
+    TrainOrmStage,
+    TrainRewardStage,
+    TrainStage,
+    TrainTripostStage,
+)
 from services.worker.stages.tripost import TripostCollectStage
 from services.worker.stages.tripost_eval import TripostEvalStage
 from shared.job_schemas import (
@@ -22,6 +27,8 @@ from shared.job_schemas import (
     PrefilterOptions,
     RationalePipelineSpec,
     SftOptions,
+    TrainOrmSpec,
+    TrainPrmSpec,
     TrainRationalystSpec,
     TrainTripostSpec,
     TripostCollectSpec,
@@ -38,6 +45,8 @@ STAGES: dict[JobKind, tuple[type[Stage], type[BaseModel]]] = {
     JobKind.tripost_collect: (TripostCollectStage, TripostCollectSpec),
     JobKind.train_tripost: (TrainTripostStage, TrainTripostSpec),
     JobKind.tripost_eval: (TripostEvalStage, TripostEvalSpec),
+    JobKind.train_prm: (TrainRewardStage, TrainPrmSpec),
+    JobKind.train_orm: (TrainOrmStage, TrainOrmSpec),
 }
 
 
