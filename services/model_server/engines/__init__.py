@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from services.model_server.engines.base import Engine
 from services.model_server.settings import EngineKind, ModelServerSettings
+from shared.errors import InvalidRequest
+from shared.schemas import Role
+
+VLLM_REWARD_UNSUPPORTED = (
+    "MODEL_SERVER_ROLE=reward runs on the transformers engine: vLLM 0.32 serves reward models "
+    "only through its pooling runner (task token_classify, STEP pooling), which this service "
+    "does not drive, and which the CPU build of vLLM does not run for converted "
+    "*ForTokenClassification checkpoints; set MODEL_SERVER_ENGINE=transformers (or serve the "
+    "PRM with `vllm serve --runner pooling` and point nothing else at it)"
+)
 
 
 def model_location(settings: ModelServerSettings, *, allow_hub: bool = True) -> str:
@@ -26,6 +38,8 @@ def model_location(settings: ModelServerSettings, *, allow_hub: bool = True) -> 
 def build_engine(settings: ModelServerSettings) -> Engine:
     """Construct (not start) the engine the settings name. Imports are lazy: the remote
     engine must not need torch, and only the vllm engine needs vllm."""
+    if settings.role is Role.reward:
+        return build_reward_engine(settings)
     if settings.engine is EngineKind.remote:
         from services.model_server.engines.remote_engine import RemoteEngine
 
@@ -38,3 +52,23 @@ def build_engine(settings: ModelServerSettings) -> Engine:
     from services.model_server.engines.transformers_engine import TransformersEngine
 
     return TransformersEngine(settings, path)
+
+
+def build_reward_engine(settings: ModelServerSettings) -> Engine:
+    """The reward role's engine. Only transformers is supported; the other engines, and a
+    folder that is not a reward model, fail at start-up with a message that says so
+    (InvalidRequest naming ``engine`` or ``model``)."""
+    from services.model_server.engines.reward_engine import (
+        NotARewardModel,
+        TransformersRewardEngine,
+    )
+
+    if settings.engine is not EngineKind.transformers:
+        raise InvalidRequest(
+            f"engine={settings.engine.value}: {VLLM_REWARD_UNSUPPORTED}", field="engine"
+        )
+    try:
+        engine: Any = TransformersRewardEngine(settings, model_location(settings))
+    except NotARewardModel as exc:
+        raise InvalidRequest(str(exc), field="model") from exc
+    return cast(Engine, engine)
