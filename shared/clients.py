@@ -27,6 +27,8 @@ from shared.schemas import (
     ProposeResponse,
     RationaleRequest,
     RationaleResponse,
+    RewardRequest,
+    RewardResponse,
     ScoreRequest,
     ScoreResponse,
     SwitchModelRequest,
@@ -134,6 +136,10 @@ class ModelServiceClient(ServiceClient):
 
     async def score(self, req: ScoreRequest, timeout: float | None = None) -> ScoreResponse:
         return await self.post_model("/v1/score", req, ScoreResponse, timeout)
+
+    async def reward(self, req: RewardRequest, timeout: float | None = None) -> RewardResponse:
+        """``POST /v1/reward`` of a reward service (``MODEL_SERVER_ROLE=reward``)."""
+        return await self.post_model("/v1/reward", req, RewardResponse, timeout)
 
     async def chat(
         self, req: ChatCompletionRequest, timeout: float | None = None

@@ -39,6 +39,13 @@ class Heuristic(StrEnum):
     """Uniform pick among the same candidates (seeded): the paper's baseline."""
     greedy = "greedy"
     """One candidate, no scoring: plain chain of thought."""
+    prm = "prm"
+    """The process reward model's score of each candidate as the next step (P(step is good)
+    after trajectory + candidate), all candidates in one /v1/reward call; needs
+    GATEWAY_REWARD_URL."""
+    orm = "orm"
+    """The outcome reward model's score of trajectory + candidate, read as a whole solution;
+    needs GATEWAY_REWARD_URL (a reward service on an ORM)."""
 
 
 class Strategy(StrEnum):
@@ -54,6 +61,7 @@ class Strategy(StrEnum):
 
 SCORING_HEURISTICS: frozenset[Heuristic] = frozenset(
     {Heuristic.rationalyst, Heuristic.rationalyst_explicit, Heuristic.likelihood, Heuristic.random}
+    | {Heuristic.prm, Heuristic.orm}
 )
 """Heuristics that can rank caller-supplied candidates (/v1/select)."""
 
@@ -298,13 +306,14 @@ class Usage(Strict):
     rationalyst: ServiceUsage = Field(default_factory=ServiceUsage)
     agent: ServiceUsage = Field(default_factory=ServiceUsage)
     scorer: ServiceUsage = Field(default_factory=ServiceUsage)
+    reward: ServiceUsage = Field(default_factory=ServiceUsage)
 
 
 class Fallback(Strict):
     """A degradation: a service failed and the request continued with another heuristic."""
 
     step: int = Field(description="Step at which it happened.")
-    service: Literal["rationalyst", "scorer"]
+    service: Literal["rationalyst", "scorer", "reward"]
     from_heuristic: Heuristic
     to_heuristic: Heuristic
     reason: str
