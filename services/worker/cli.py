@@ -147,7 +147,7 @@ def submit(
         str | None,
         typer.Option(
             help="prefilter, extract, filter, sft_data, rationale_pipeline, train_rationalyst, "
-            "tripost_collect, train_tripost, tripost_eval or tripost."
+            "tripost_collect, train_tripost, tripost_eval, tripost, train_prm or train_orm."
         ),
     ] = None,
     input_paths: Annotated[
