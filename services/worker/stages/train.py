@@ -279,6 +279,8 @@ class TrainStage(Stage):
                     "source": spec.data.model_dump(mode="json", exclude_none=True),
                     "train": result["data"]["train"],
                     "dev": result["data"]["dev"],
+                    # reward models: kind, step tag and its id, label mode (also reward.json)
+                    **({"reward": result["reward"]} if "reward" in result else {}),
                 },
                 metrics=result["metrics"],
                 hyperparameters=result["hyperparameters"],
