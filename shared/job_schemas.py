@@ -594,6 +594,14 @@ class TripostCollectSpec(TripostCollectOptions, TripostQuestions):
         "train_tripost attempts without worked examples. Default: the agent service, in a chat "
         "with worked examples.",
     )
+    sampling_seed: int | None = Field(
+        default=None,
+        description="Seeds the attempts and the rebalancing (default: `seed`, which also orders "
+        "the questions); a tripost job's iterations keep the questions and vary this.",
+    )
+
+    def attempt_seed(self) -> int:
+        return self.seed if self.sampling_seed is None else self.sampling_seed
 
 
 SampleKind = Literal["improvement", "non_improvement", "gold"]
@@ -1078,6 +1086,17 @@ def named_paths(spec: Any) -> list[tuple[str, list[str]]]:
     if isinstance(spec, TrainRationalystSpec | TrainTripostSpec | TrainPrmSpec | TrainOrmSpec):
         out += [(f"data.{k}", list(v)) for k, v in (("train", spec.data.train),
                                                     ("dev", spec.data.dev)) if v]  # fmt: skip
+    return out
+
+
+def named_model_folders(spec: Any) -> list[tuple[str, str]]:
+    """Every model a job spec names by a folder path rather than by name, with its field
+    (``base_model``, ``model``): such folders must lie inside the data roots."""
+    out = []
+    for field in ("base_model", "model"):
+        value = getattr(spec, field, None)
+        if isinstance(value, str) and ("/" in value or value.startswith("~")):
+            out.append((field, value))
     return out
 
 

@@ -61,11 +61,12 @@ from shared.job_schemas import (
     TripostSpec,
     job_stages,
     named_file_ids,
+    named_model_folders,
     named_paths,
     stage_kinds,
 )
 from shared.model_registry import ModelRegistry
-from shared.settings import default_cache_dir
+from shared.settings import default_cache_dir, models_dir
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +123,11 @@ class JobStoreSettings(BaseSettings):
     def data_roots(self) -> DataRoots:
         """The folders job inputs must lie in (see :mod:`shared.data_roots`)."""
         return DataRoots.of(self.data_dirs or default_data_dirs(self.artifacts_dir))
+
+    def model_roots(self) -> DataRoots:
+        """Where a model folder that a job names by path may lie: the data roots and the
+        models cache."""
+        return self.data_roots() + DataRoots.of([models_dir()])
 
 
 # --------------------------------------------------------------------------------------------
@@ -416,6 +422,15 @@ class JobStore:
                     self.data_roots.resolve(raw)
                 except OutsideDataRoots as exc:
                     raise InvalidRequest(f"{field}: {exc}", field=field) from None
+        model_roots = self.data_roots + DataRoots.of([models_dir()])
+        for field, folder in named_model_folders(spec):
+            if not model_roots.contains(Path(folder).expanduser()):
+                raise InvalidRequest(
+                    f"{field}: {folder} is outside the data roots and the models cache "
+                    f"({model_roots.describe()}); name a registered or cached model, or a "
+                    "model folder inside them",
+                    field=field,
+                )
         for field, file_id in named_file_ids(spec):
             try:
                 self.files.content_path(file_id)
@@ -425,24 +440,26 @@ class JobStore:
                     field=field,
                 ) from None
 
-    async def check_training_spec(self, spec: TrainRationalystSpec) -> None:
-        """Reject at submit what would fail at once: a data job that is unknown, unfinished,
-        of another kind or without rows, and a model name that is already registered. (Data
-        files named directly live on the workers' file system; a worker checks those.)"""
-        if spec.model_name and ModelRegistry(self.artifacts_dir).find(spec.model_name):
+    async def data_source(
+        self, model_name: str | None, data_job: str | None, kinds: tuple[JobKind, ...], what: str
+    ) -> JobStatus | None:
+        """The checks every training job shares at submit: its model name is not registered
+        yet, and its data job (if it names one) exists, is of one of ``kinds`` (``what`` says
+        which rows those make) and has succeeded. Returns that job."""
+        if model_name and ModelRegistry(self.artifacts_dir).find(model_name):
             raise InvalidRequest(
-                f"model name {spec.model_name!r} is already registered", field="model_name"
+                f"model name {model_name!r} is already registered", field="model_name"
             )
-        if spec.data.job is None:
-            return
+        if data_job is None:
+            return None
         try:
-            source = await self.get(spec.data.job)
+            source = await self.get(data_job)
         except NotFound:
-            raise InvalidRequest(f"no job {spec.data.job!r}", field="data.job") from None
-        if source.kind not in (JobKind.sft_data, JobKind.rationale_pipeline):
+            raise InvalidRequest(f"no job {data_job!r}", field="data.job") from None
+        if source.kind not in kinds:
+            names = " or ".join(k.value for k in kinds)
             raise InvalidRequest(
-                f"job {source.id} is a {source.kind.value} job; training data comes from an "
-                "sft_data or rationale_pipeline job",
+                f"job {source.id} is a {source.kind.value} job; {what} come from {names} jobs",
                 field="data.job",
             )
         if source.state is not JobState.succeeded:
@@ -450,6 +467,16 @@ class JobStore:
                 f"job {source.id} has not succeeded (it is {source.state.value})",
                 field="data.job",
             )
+        return source
+
+    async def check_training_spec(self, spec: TrainRationalystSpec) -> None:
+        """Reject at submit what would fail at once: a data job that is unknown, unfinished,
+        of another kind or without rows, and a model name that is already registered. (Data
+        files named directly live on the workers' file system; a worker checks those.)"""
+        kinds = (JobKind.sft_data, JobKind.rationale_pipeline)
+        source = await self.data_source(spec.model_name, spec.data.job, kinds, "training data")
+        if source is None:
+            return
         train, _ = training_data_files(self.artifacts_dir, source.id)
         if not train.is_file() or train.stat().st_size == 0:
             raise InvalidRequest(
@@ -460,27 +487,10 @@ class JobStore:
     async def check_tripost_training_spec(self, spec: TrainTripostSpec) -> None:
         """As :meth:`check_training_spec`, for TriPosT samples: a data job must be a succeeded
         tripost_collect or tripost job whose samples file has rows."""
-        if spec.model_name and ModelRegistry(self.artifacts_dir).find(spec.model_name):
-            raise InvalidRequest(
-                f"model name {spec.model_name!r} is already registered", field="model_name"
-            )
-        if spec.data.job is None:
+        kinds = (JobKind.tripost_collect, JobKind.tripost)
+        source = await self.data_source(spec.model_name, spec.data.job, kinds, "TriPosT samples")
+        if source is None:
             return
-        try:
-            source = await self.get(spec.data.job)
-        except NotFound:
-            raise InvalidRequest(f"no job {spec.data.job!r}", field="data.job") from None
-        if source.kind not in (JobKind.tripost_collect, JobKind.tripost):
-            raise InvalidRequest(
-                f"job {source.id} is a {source.kind.value} job; TriPosT samples come from a "
-                "tripost_collect or tripost job",
-                field="data.job",
-            )
-        if source.state is not JobState.succeeded:
-            raise InvalidRequest(
-                f"job {source.id} has not succeeded (it is {source.state.value})",
-                field="data.job",
-            )
         source_spec = JOB_SPEC_ADAPTER.validate_python(source.spec)
         rows = tripost_samples_file(self.artifacts_dir, source.id, source_spec, spec.data.path)
         if not rows.is_file() or rows.stat().st_size == 0:

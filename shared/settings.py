@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,6 +14,15 @@ S = TypeVar("S", bound=BaseSettings)
 
 def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "rationalyst"
+
+
+def models_dir(override: str | os.PathLike[str] | None = None) -> Path:
+    """The models cache: ``override``, else ``$RATIONALYST_MODELS_DIR``, else
+    ``~/.cache/rationalyst/models``."""
+    if override:
+        return Path(override)
+    env = os.environ.get("RATIONALYST_MODELS_DIR")
+    return Path(env) if env else default_cache_dir() / "models"
 
 
 class CommonSettings(BaseSettings):

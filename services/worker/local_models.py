@@ -38,13 +38,19 @@ class LocalModelError(RuntimeError):
     """The service exited or did not become ready in time (the message has its log's tail)."""
 
 
-def resolve_local_model(model: str, artifacts_dir: Path) -> str:
-    """The folder of a model (a folder, a models-cache name or a registered name); a model
-    that is not on this machine is an :class:`InputError` (the job fails at once)."""
+def resolve_local_model(model: str, settings: WorkerSettings) -> str:
+    """The folder of a model (a folder inside the data roots, a models-cache name or a
+    registered name); a model that is not on this machine, or a folder outside the data roots,
+    is an :class:`InputError` (the job fails at once)."""
     from services.model_server.models import resolve_model
 
     try:
-        return resolve_model(model, artifacts_dir=artifacts_dir, allow_hub=False)
+        return resolve_model(
+            model,
+            artifacts_dir=settings.artifacts_dir.expanduser(),
+            allow_hub=False,
+            folder_roots=settings.model_roots(),
+        )
     except InvalidRequest as exc:
         raise InputError(f"model: {exc.message}") from exc
 
@@ -76,8 +82,7 @@ class LocalModels:
     @contextlib.asynccontextmanager
     async def serve(self, model: str) -> AsyncIterator[ModelServiceClient]:
         """A client of a service on ``model``, held for the block."""
-        root = self.settings.artifacts_dir.expanduser()
-        path = await asyncio.to_thread(resolve_local_model, model, root)
+        path = await asyncio.to_thread(resolve_local_model, model, self.settings)
         async with self._cond:
             while self._users and self._current is not None and self._current.path != path:
                 await self._cond.wait()

@@ -316,9 +316,13 @@ def test_deploy_dockerfile_env_names_are_real_settings(path: Path) -> None:
         assert var in declared, f"{path.name}: the image must set {var} for its healthcheck"
 
 
-def test_deploy_models_dir_variable_is_the_one_the_code_reads() -> None:
-    source = (ROOT / "services/model_server/models.py").read_text()
-    assert '"RATIONALYST_MODELS_DIR"' in source
+def test_deploy_models_dir_variable_is_the_one_the_code_reads(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from services.model_server.models import models_dir
+
+    monkeypatch.setenv("RATIONALYST_MODELS_DIR", str(tmp_path))
+    assert models_dir() == tmp_path
 
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)

@@ -221,6 +221,11 @@ def job(kind: str = "sft_data", **fields: object) -> object:
         ({"kind": "train_rationalyst", "data": {"train": ["/etc/passwd"]}}, "data.train"),
         ({"kind": "train_rationalyst", "data": {"train": ["a.jsonl"], "dev": ["../x"]}},
          "data.dev"),
+        ({"kind": "train_rationalyst", "data": {"train": ["a.jsonl"]}, "base_model": "/etc"},
+         "base_model"),
+        ({"kind": "tripost", "task": "word_sorting", "base_model": "{tree}/outside"},
+         "base_model"),
+        ({"kind": "tripost_collect", "task": "word_sorting", "model": "~/.ssh"}, "model"),
     ],
 )  # fmt: skip
 def test_worker_submit_refuses_inputs_outside_naming_the_field(
@@ -242,6 +247,23 @@ def test_worker_submit_accepts_inputs_inside_and_uploaded_files(tree: Path) -> N
     upload = s.files.create(io.BytesIO(b"{}\n"), filename="x.jsonl", purpose="p", max_bytes=9)
     s.check_inputs(job(input={"paths": ["a.jsonl", "docs/*.jsonl"], "file_id": upload.id}))
     s.check_inputs(job("train_rationalyst", data={"train": [str(tree / "root" / "a.jsonl")]}))
+    inside = str(tree / "root" / "docs")
+    s.check_inputs(job("train_rationalyst", data={"train": ["a.jsonl"]}, base_model=inside))
+    s.check_inputs(job("train_rationalyst", data={"train": ["a.jsonl"]}, base_model="my-model"))
+
+
+def test_worker_resolves_model_folders_only_inside_the_roots(tree: Path) -> None:
+    from services.model_server.models import resolve_model
+    from shared.errors import InvalidRequest
+
+    for folder in (tree / "root" / "model", tree / "outside" / "model"):
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+    inside = str(tree / "root" / "model")
+    assert resolve_model(inside, folder_roots=roots(tree), allow_hub=False) == inside
+    for named in (str(tree / "outside" / "model"), f"{tree}/root/../outside/model", "/etc"):
+        with pytest.raises(InvalidRequest, match="outside the folders a job may load models"):
+            resolve_model(named, folder_roots=roots(tree), allow_hub=False)
 
 
 def test_worker_stages_read_where_their_inputs_come_from(tmp_path: Path) -> None:

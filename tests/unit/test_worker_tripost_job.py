@@ -75,7 +75,13 @@ def test_tripost_job_runs_base_gold_then_collect_train_eval_per_iteration() -> N
     assert gold.feedback_weight == 1.5 and gold.resolved()["max_length"] == 1024
     collect2 = opts["tripost_collect-2"]
     assert isinstance(collect2, TripostCollectSpec)
-    assert collect2.model == "tripost-job-x-it1" and collect2.seed == 6 and collect2.items == 8
+    assert collect2.model == "tripost-job-x-it1" and collect2.items == 8
+    # every iteration collects on the same training questions, with fresh attempts
+    collect1 = opts["tripost_collect-1"]
+    assert isinstance(collect1, TripostCollectSpec)
+    assert collect1.seed == collect2.seed == 4
+    assert (collect1.attempt_seed(), collect2.attempt_seed()) == (5, 6)
+    assert task_items(collect1) == task_items(collect2) == task_items(spec)
     train2 = opts["train_tripost-2"]
     assert isinstance(train2, TrainTripostSpec)
     assert train2.base_model == "tripost-job-x-it1" and train2.model_name == "tripost-job-x-it2"
@@ -173,8 +179,8 @@ def fake_model(items: list[TaskItem]) -> FakeModelService:
 
 async def test_tripost_eval_stage_scores_first_attempt_and_final_answer(tmp_path: Path) -> None:
     artifacts = tmp_path / "art"
-    model = tmp_path / "model"
-    model.mkdir()
+    model = artifacts / "model"  # a folder a job may load: inside the data roots
+    model.mkdir(parents=True)
     (model / "config.json").write_text("{}")
     spec = tripost(items=4, eval={"items": 2})
     stages = job_stages(spec)

@@ -82,7 +82,7 @@ def tripost_stage_options(spec: TripostSpec, stage: JobStage, job_id: str) -> Ba
                 **questions,
                 **spec.collect.model_dump(),
                 "model": model,
-                "seed": spec.seed + stage.iteration,
+                "sampling_seed": spec.seed + stage.iteration,
             }
         )
     if stage.kind is JobKind.train_tripost:

@@ -185,8 +185,12 @@ class TrainStage(Stage):
 
         spec = self.options
         try:
+            settings = ctx.runtime.settings
             base = resolve_model(
-                spec.base_model, artifacts_dir=ctx.runtime.settings.artifacts_dir, allow_hub=False
+                spec.base_model,
+                artifacts_dir=settings.artifacts_dir,
+                allow_hub=False,
+                folder_roots=settings.model_roots(),
             )
         except InvalidRequest as exc:
             raise InputError(f"base_model: {exc.message}") from exc

@@ -162,7 +162,7 @@ class TripostCollectStage(Stage):
         if opts.model is not None:
             root = runtime.settings.artifacts_dir.expanduser()
             extras["model"] = opts.model
-            extras["model_path"] = resolve_local_model(opts.model, root)
+            extras["model_path"] = resolve_local_model(opts.model, runtime.settings)
             if is_tripost_model(opts.model, root):
                 demos = []
         extras["demos"] = [list(d) for d in demos]
@@ -237,7 +237,7 @@ class TripostCollectStage(Stage):
         async def attempt_text(item: TaskItem, attempt: int) -> str:
             """The agent's attempt (a chat with worked examples), or the job's model's (its
             answer in TriPosT's text format)."""
-            seed, question = _seed(opts.seed, item.id, attempt), item.question
+            seed, question = _seed(opts.attempt_seed(), item.id, attempt), item.question
             if local is None:
                 request = _chat(
                     attempt_messages(question, demos), opts.max_tokens,
@@ -309,7 +309,7 @@ class TripostCollectStage(Stage):
                 f"every trajectory was dropped ({len(trajectories)}: {reasons or 'none made'}); "
                 f"see {REPORT}"
             )
-        chosen, after = rebalance(rows, ratios, opts.seed)
+        chosen, after = rebalance(rows, ratios, opts.attempt_seed())
         with atomic_open(paths.stream("output")) as f:
             for row in chosen:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")

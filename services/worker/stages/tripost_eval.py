@@ -99,7 +99,7 @@ class TripostEvalStage(Stage):
         """The model's folder and the worked examples of each task, fixed once."""
         opts = self.options
         root = runtime.settings.artifacts_dir.expanduser()
-        path = resolve_local_model(opts.model, root)
+        path = resolve_local_model(opts.model, runtime.settings)
         shots = opts.few_shot
         if shots is None:
             shots = 0 if is_tripost_model(opts.model, root) else UNTRAINED_SHOTS
