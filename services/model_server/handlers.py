@@ -226,13 +226,14 @@ class ModelService:
             if len(enc.input_ids) > limit:
                 if reward_kind == "prm":
                     j = next(k for k, end in enumerate(enc.step_ends) if end > limit)
-                    field, what = f"solutions[{i}][{j}]", f"solution {i}, step {j}"
+                    field = f"solutions[{i}][{j}]"
+                    what = f"solution {i}, step {j}: the question and the steps up to here are"
                     n = enc.step_ends[j]
                 else:
-                    field, what, n = f"solutions[{i}]", f"solution {i}", len(enc.input_ids)
+                    field, n = f"solutions[{i}]", len(enc.input_ids)
+                    what = f"solution {i}: the question and the solution are"
                 raise InvalidRequest(
-                    f"{what}: the question and the steps up to here are {n} tokens, past the "
-                    f"reward model's context of {limit}",
+                    f"{what} {n} tokens, past the reward model's context of {limit}",
                     field=field,
                 )
             inputs.append(enc)

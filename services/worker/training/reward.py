@@ -457,7 +457,7 @@ def reward_config(spec: RewardSpec, tag: str, tag_id: int) -> dict[str, Any]:
         "kind": "prm" if prm else "orm",
         "step_tag": tag,
         "step_tag_id": tag_id,
-        "label_mode": spec.label_mode.value if prm else "hard",  # type: ignore[union-attr]
+        "label_mode": spec.label_mode.value if prm else None,  # type: ignore[union-attr]
         "num_labels": 2 if prm and spec.label_mode is RewardLabelMode.hard else 1,  # type: ignore[union-attr]
     }
 
