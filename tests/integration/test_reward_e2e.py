@@ -100,6 +100,7 @@ def test_train_prm_resumes_and_registers_a_prm_with_metrics(trained: Trained) ->
     card = r.json()
     assert card["kind"] == "prm" and card["job_id"] == trained.job_id
     assert (Path(card["path"]) / "reward.json").is_file()
+    assert card["data"]["reward"] == result["reward"]  # the step tag travels with the card
     # a data job that is no prm_labels job is refused at submit, naming data.job
     bad = trained.env.http.post(
         "/v1/jobs", json={"kind": "train_prm", "data": {"job": trained.job_id}}
