@@ -138,3 +138,26 @@ def test_reward_url_setting_is_optional_and_checked() -> None:
     assert ups.reward is not None and ups.reward.name == "reward"
     with pytest.raises(ValidationError, match="reward_url"):
         GatewaySettings(reward_url="reward:8000")
+
+
+async def test_chat_with_heuristic_prm_selects_steps_with_the_reward_service() -> None:
+    from tests.unit.test_gateway_api import served
+
+    agent = FakeModelService(
+        "agent", proposals=(("Add them.", "Guess."), ("The answer is: 5", "The answer is: 6"))
+    )
+    reward = FakeModelService(
+        "reward", step_scores={"Add them.": 0.9, "Guess.": 0.1, "The answer is: 5": 0.8}
+    )
+    body = {
+        "model": "rationalyst",
+        "messages": [{"role": "user", "content": "What is 2 + 3?"}],
+        "heuristic": "prm",
+        "n_candidates": 2,
+        "max_steps": 3,
+    }
+    async with served(fake_upstreams(agent=agent, reward=reward)) as client:
+        r = await client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    assert "The answer is: 5" in r.json()["choices"][0]["message"]["content"]
+    assert len(reward.requests("reward")) == 2
