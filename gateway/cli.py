@@ -101,9 +101,10 @@ def up(
     reward_model: Annotated[
         str | None,
         typer.Option(
-            help="Also start a reward service (MODEL_SERVER_ROLE=reward, transformers engine) "
-            "on this registered PRM/ORM (a train_prm/train_orm job's model), and point the "
-            "gateway at it for `heuristic: prm`/`orm`."
+            help="Also start a reward service (MODEL_SERVER_ROLE=reward; --engine vllm runs it "
+            "on vLLM's pooling runner, else transformers) on this registered PRM/ORM (a "
+            "train_prm/train_orm job's model), and point the gateway at it for `heuristic: "
+            "prm`/`orm`."
         ),
     ] = None,
     engine: Annotated[str | None, typer.Option(help="transformers, vllm or remote.")] = None,
@@ -241,10 +242,10 @@ def up(
             )
             role_env = {**env, **threads[role]}
             procs.append(start_process(role, cmd, urls[role], log_dir=log_path, env=role_env))
-        if reward_model:  # transformers only: the reward role has no vLLM engine
+        if reward_model:  # vLLM's pooling runner or transformers; a remote engine serves none
             cmd = model_service_command(
                 REWARD_ROLE, ports[REWARD_ROLE], host=host, model=reward_model,
-                engine="transformers",
+                engine="vllm" if engine == "vllm" else "transformers",
             )  # fmt: skip
             role_env = {**env, **threads[REWARD_ROLE]}
             procs.append(

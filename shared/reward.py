@@ -6,7 +6,8 @@ non-pad token). :func:`encode_steps` and :func:`encode_outcome` build the input 
 tag positions; the ``train_prm``/``train_orm`` jobs and the reward service both call them, so
 a step is tokenized the same way in both. Each step is tokenized on its own and the tag is
 inserted as an id (never as text), so no merge across a step boundary or with the tag can make
-the two differ; a step whose text happens to spell the tag loses those ids.
+the two differ; a question or step whose text happens to spell the tag loses those ids (vLLM's
+STEP pooling reads every occurrence of the tag id).
 
 The layout::
 
@@ -77,12 +78,12 @@ def header_text(question: str) -> str:
     return f"Question: {question.strip()}\nSolution:\n"
 
 
-def _header_ids(tokenizer: Any, question: str) -> list[int]:
+def _header_ids(tokenizer: Any, question: str, tag_id: int) -> list[int]:
     ids = list(tokenizer(header_text(question), add_special_tokens=True)["input_ids"])
     eos = getattr(tokenizer, "eos_token_id", None)
     if len(ids) > 1 and eos is not None and ids[-1] == eos:  # tokenizers that append EOS
         ids = ids[:-1]
-    return ids
+    return [int(i) for i in ids if int(i) != tag_id]  # tags only after steps (STEP pooling)
 
 
 def _piece(tokenizer: Any, text: str, tag_id: int) -> list[int]:
@@ -92,7 +93,7 @@ def _piece(tokenizer: Any, text: str, tag_id: int) -> list[int]:
 
 def encode_steps(tokenizer: Any, question: str, steps: Sequence[str], tag_id: int) -> RewardInput:
     """The PRM's input: the question, then each step followed by the tag."""
-    ids = _header_ids(tokenizer, question)
+    ids = _header_ids(tokenizer, question, tag_id)
     positions: list[int] = []
     ends: list[int] = []
     for step in steps:
@@ -109,7 +110,7 @@ def encode_outcome(
     """The ORM's input: the question, the whole solution (steps joined by newlines, as the
     outcome rows of ``prm_labels`` carry them), then one tag, read as the last token."""
     text = completion if isinstance(completion, str) else "\n".join(s.strip() for s in completion)
-    ids = _header_ids(tokenizer, question) + _piece(tokenizer, text, tag_id)
+    ids = _header_ids(tokenizer, question, tag_id) + _piece(tokenizer, text, tag_id)
     ids.append(tag_id)
     return RewardInput(ids, [len(ids) - 1], [len(ids)])
 

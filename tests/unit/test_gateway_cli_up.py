@@ -211,12 +211,20 @@ def test_up_reward_model_starts_a_reward_service_with_its_share(monkeypatch, tmp
     reward = started["reward"].command
     assert reward[reward.index("--role") + 1] == "reward"
     assert model_of(reward) == "prm-ci"
-    assert reward[reward.index("--engine") + 1] == "transformers"
+    assert reward[reward.index("--engine") + 1] == "vllm"  # the pooling runner
     gateway = started["gateway"].command
     assert gateway[gateway.index("--reward-url") + 1] == started["reward"].url
     # four services share the ten cores (the agent a double share), as in thread_budget
     shares = [started[r].env["MODEL_SERVER_THREADS"] for r in (*ROLES, "reward")]
     assert shares == ["2", "4", "2", "2"]
+
+
+def test_up_reward_service_never_takes_the_remote_engine(monkeypatch, tmp_path) -> None:
+    started = run_up(
+        monkeypatch, tmp_path, "--reward-model", "prm-ci", "--engine", "remote", exit_code=1
+    )
+    reward = started["reward"].command
+    assert reward[reward.index("--engine") + 1] == "transformers"
 
 
 def test_up_without_reward_model_starts_no_reward_service(monkeypatch, tmp_path) -> None:

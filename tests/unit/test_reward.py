@@ -72,10 +72,11 @@ def test_step_tag_is_one_token_and_tags_follow_each_step(tokenizer: Any) -> None
     assert tokenizer.decode(second) == STEPS[1] + "\n"
 
 
-def test_a_step_spelling_the_tag_cannot_add_a_tag(tokenizer: Any) -> None:
+def test_a_question_or_step_spelling_the_tag_cannot_add_a_tag(tokenizer: Any) -> None:
     tag, tag_id = pick_step_tag(tokenizer)
-    enc = encode_steps(tokenizer, QUESTION, [f"3 {tag} 4", "7"], tag_id)
+    enc = encode_steps(tokenizer, f"What is {tag}?", [f"3 {tag} 4", "7"], tag_id)
     assert enc.input_ids.count(tag_id) == 2
+    assert [enc.input_ids[p] for p in enc.tag_positions] == [tag_id, tag_id]
 
 
 def test_a_named_step_tag_must_be_one_token(tokenizer: Any) -> None:
@@ -166,12 +167,14 @@ async def test_reward_on_a_generative_role_is_a_422(fake_engine: Any, asgi_clien
     assert "MODEL_SERVER_ROLE=reward" in r.json()["error"]["message"]
 
 
-def test_reward_role_refuses_vllm_and_non_reward_models(model_path: Any) -> None:
+def test_reward_role_refuses_remote_and_non_reward_models(model_path: Any) -> None:
     from services.model_server.engines import build_reward_engine
     from shared.errors import InvalidRequest
 
-    with pytest.raises(InvalidRequest, match="transformers engine") as err:
-        build_reward_engine(ModelServerSettings(role=Role.reward, engine="vllm"))
+    with pytest.raises(InvalidRequest, match="loads its model itself") as err:
+        build_reward_engine(
+            ModelServerSettings(role=Role.reward, engine="remote", remote_url="http://x")
+        )
     assert err.value.field == "engine"
     with pytest.raises(InvalidRequest, match="not a reward model") as err:
         build_reward_engine(ModelServerSettings(role=Role.reward, model=str(model_path)))

@@ -9,12 +9,10 @@ from services.model_server.settings import EngineKind, ModelServerSettings
 from shared.errors import InvalidRequest
 from shared.schemas import Role
 
-VLLM_REWARD_UNSUPPORTED = (
-    "MODEL_SERVER_ROLE=reward runs on the transformers engine: vLLM 0.32 serves reward models "
-    "only through its pooling runner (task token_classify, STEP pooling), which this service "
-    "does not drive, and which the CPU build of vLLM does not run for converted "
-    "*ForTokenClassification checkpoints; set MODEL_SERVER_ENGINE=transformers (or serve the "
-    "PRM with `vllm serve --runner pooling` and point nothing else at it)"
+REMOTE_REWARD_UNSUPPORTED = (
+    "MODEL_SERVER_ROLE=reward loads its model itself: use MODEL_SERVER_ENGINE=transformers "
+    "(CPU or GPU) or vllm (vLLM's pooling runner); an OpenAI-compatible upstream serves no "
+    "reward model"
 )
 
 
@@ -55,20 +53,20 @@ def build_engine(settings: ModelServerSettings) -> Engine:
 
 
 def build_reward_engine(settings: ModelServerSettings) -> Engine:
-    """The reward role's engine. Only transformers is supported; the other engines, and a
-    folder that is not a reward model, fail at start-up with a message that says so
+    """The reward role's engine: transformers, or vLLM's pooling runner. The remote engine,
+    and a folder that is not a reward model, fail at start-up with a message that says so
     (InvalidRequest naming ``engine`` or ``model``)."""
     from services.model_server.engines.reward_engine import (
         NotARewardModel,
         TransformersRewardEngine,
+        VllmRewardEngine,
     )
 
-    if settings.engine is not EngineKind.transformers:
-        raise InvalidRequest(
-            f"engine={settings.engine.value}: {VLLM_REWARD_UNSUPPORTED}", field="engine"
-        )
+    if settings.engine is EngineKind.remote:
+        raise InvalidRequest(f"engine=remote: {REMOTE_REWARD_UNSUPPORTED}", field="engine")
+    cls = VllmRewardEngine if settings.engine is EngineKind.vllm else TransformersRewardEngine
     try:
-        engine: Any = TransformersRewardEngine(settings, model_location(settings))
+        engine: Any = cls(settings, model_location(settings))
     except NotARewardModel as exc:
         raise InvalidRequest(str(exc), field="model") from exc
     return cast(Engine, engine)

@@ -188,3 +188,76 @@ class TransformersRewardEngine:
                 rows = [logits[i].reshape(-1).tolist()]
             out.append([probabilities(r) for r in rows])
         return out
+
+
+class VllmRewardEngine(TransformersRewardEngine):
+    """The same reward model on vLLM's pooling runner (``runner="pooling"``): a PRM with task
+    ``token_classify`` and ``STEP`` pooling at the step tag (one row of class probabilities
+    per tag), an ORM with task ``classify`` (the last token). The inputs are the token ids of
+    :mod:`shared.reward`, so the tags and positions are the transformers engine's; vLLM
+    applies the head's activation itself (softmax for two classes, sigmoid for one).
+
+    Runs vLLM's offline ``LLM`` on one worker thread (in-process on a CPU, as the generative
+    vLLM engine does); one call at a time, every solution of a request in one ``encode``."""
+
+    kind = "vllm"
+
+    def _load(self) -> None:
+        import os
+
+        from transformers import AutoTokenizer
+
+        device = pick_device(self.settings.device)
+        on_cpu = not device.startswith("cuda")
+        if on_cpu:  # before vLLM is imported; the user's environment wins
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.settings.vllm_kv_cache_gib))
+        from vllm import LLM
+        from vllm.config import PoolerConfig
+
+        if self.reward_kind == "prm":
+            pooler = PoolerConfig(
+                task="token_classify", tok_pooling_type="STEP", step_tag_id=self.step_tag_id
+            )
+        else:
+            pooler = PoolerConfig(task="classify")
+        kwargs: dict[str, Any] = {
+            "model": self.model_path,
+            "runner": "pooling",
+            "pooler_config": pooler,
+            "dtype": pick_dtype(self.settings.dtype, device),
+            "max_model_len": self.settings.max_model_len,
+            "enforce_eager": self.settings.vllm_enforce_eager,
+            "disable_log_stats": True,
+        }
+        if not on_cpu:
+            kwargs["gpu_memory_utilization"] = self.settings.vllm_gpu_memory_utilization
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        try:
+            self._model = LLM(**kwargs)
+        except Exception as exc:  # an architecture or pooling task this vLLM cannot run
+            raise RuntimeError(
+                f"vLLM's pooling runner cannot serve this {self.reward_kind.upper()} "
+                f"({type(exc).__name__}: {exc}); use MODEL_SERVER_ENGINE=transformers"
+            ) from exc
+        self.max_model_len = int(self._model.llm_engine.model_config.max_model_len)
+        logger.info(
+            "loaded reward model %s (%s) on vLLM's pooling runner (%s); max_model_len=%d",
+            self.model_path,
+            self.reward_kind,
+            device,
+            self.max_model_len,
+        )
+
+    def _reward_sync(self, inputs: list[RewardInput]) -> list[list[float]]:
+        if not inputs:
+            return []
+        task = "token_classify" if self.reward_kind == "prm" else "classify"
+        prompts = [{"prompt_token_ids": x.input_ids} for x in inputs]
+        outputs = self._model.encode(prompts, pooling_task=task, use_tqdm=False)
+        out: list[list[float]] = []
+        for x, o in zip(inputs, outputs, strict=True):
+            data = o.outputs.data.float()
+            rows = data.reshape(len(x.tag_positions), -1).tolist()
+            out.append([float(r[-1]) for r in rows])  # P(good): class 1, or the one logit
+        return out
