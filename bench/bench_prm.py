@@ -71,7 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=Path, help="stepwise.jsonl of a prm_labels job")
     parser.add_argument("--problems", type=int, default=40, help="generated problems")
-    parser.add_argument("--steps", type=int, default=30, help="optimizer steps")
+    parser.add_argument("--steps", type=int, default=20, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
@@ -99,6 +99,7 @@ def main() -> None:
                 "max_length": args.max_length,
                 "learning_rate": args.learning_rate,
                 "save_steps": 100_000,
+                "eval_steps": 100_000,  # no eval loss during training: the metrics come after
                 "device": args.device,
                 "seed": args.seed,
             }
