@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from gateway.ensemble import DEFAULT_PORTS, ROLES
+from gateway.ensemble import DEFAULT_PORTS, REWARD_ROLE, ROLES
 
 if TYPE_CHECKING:
     from gateway.settings import GatewaySettings
@@ -50,6 +50,9 @@ def serve(
     rationalyst_url: Annotated[str | None, typer.Option(help="Rationalyst service URL.")] = None,
     agent_url: Annotated[str | None, typer.Option(help="Agent service URL.")] = None,
     scorer_url: Annotated[str | None, typer.Option(help="Scorer service URL.")] = None,
+    reward_url: Annotated[
+        str | None, typer.Option(help="Reward service URL (heuristics prm/orm).")
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help="Python log level.")] = None,
 ) -> None:
     """Run the gateway only; options override GATEWAY_* variables."""
@@ -62,6 +65,7 @@ def serve(
         "rationalyst_url": rationalyst_url,
         "agent_url": agent_url,
         "scorer_url": scorer_url,
+        "reward_url": reward_url,
         "log_level": log_level,
     }
     run_server(load_settings(GatewaySettings, **{k: v for k, v in given.items() if v is not None}))
@@ -94,6 +98,15 @@ def up(
             "trained by a tripost job, for `strategy: self_improve`."
         ),
     ] = None,
+    reward_model: Annotated[
+        str | None,
+        typer.Option(
+            help="Also start a reward service (MODEL_SERVER_ROLE=reward; --engine vllm runs it "
+            "on vLLM's pooling runner, else transformers) on this registered PRM/ORM (a "
+            "train_prm/train_orm job's model), and point the gateway at it for `heuristic: "
+            "prm`/`orm`."
+        ),
+    ] = None,
     engine: Annotated[str | None, typer.Option(help="transformers, vllm or remote.")] = None,
     internal_token: Annotated[
         str | None,
@@ -107,6 +120,7 @@ def up(
     rationalyst_port: Annotated[int, typer.Option()] = DEFAULT_PORTS["rationalyst"],
     agent_port: Annotated[int, typer.Option()] = DEFAULT_PORTS["agent"],
     scorer_port: Annotated[int, typer.Option()] = DEFAULT_PORTS["scorer"],
+    reward_port: Annotated[int, typer.Option()] = DEFAULT_PORTS["reward"],
     timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 600.0,
     logs_dir: Annotated[
         Path | None, typer.Option(help="Folder of the processes' logs (default: a temp dir).")
@@ -139,8 +153,8 @@ def up(
         ),
     ] = None,
 ) -> None:
-    """Start three model services, the gateway, a worker and (when none is reachable) a Redis
-    on loopback; Ctrl-C stops them all."""
+    """Start three model services (four with --reward-model), the gateway, a worker and (when
+    none is reachable) a Redis on loopback; Ctrl-C stops them all."""
     from rich.console import Console
     from rich.live import Live
     from rich.table import Table
@@ -165,12 +179,15 @@ def up(
     )
 
     console = Console()
-    try:
-        threads = thread_envs(ROLES)
+    roles = (*ROLES, REWARD_ROLE) if reward_model else ROLES
+    try:  # the reward service, when started, takes its share of the cores like the others
+        threads = thread_envs(roles)
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]", markup=False)
         raise typer.Exit(2) from exc
     ports = {"rationalyst": rationalyst_port, "agent": agent_port, "scorer": scorer_port}
+    if reward_model:
+        ports[REWARD_ROLE] = reward_port
     ports["gateway"] = port
     busy = [f"{name} ({p})" for name, p in ports.items() if port_in_use(p, host)]
     if busy:
@@ -225,6 +242,15 @@ def up(
             )
             role_env = {**env, **threads[role]}
             procs.append(start_process(role, cmd, urls[role], log_dir=log_path, env=role_env))
+        if reward_model:  # vLLM's pooling runner or transformers; a remote engine serves none
+            cmd = model_service_command(
+                REWARD_ROLE, ports[REWARD_ROLE], host=host, model=reward_model,
+                engine="vllm" if engine == "vllm" else "transformers",
+            )  # fmt: skip
+            role_env = {**env, **threads[REWARD_ROLE]}
+            procs.append(
+                start_process(REWARD_ROLE, cmd, urls[REWARD_ROLE], log_dir=log_path, env=role_env)
+            )
         gateway_cmd = gateway_command(port, urls, host=host)
         procs.append(
             start_process(
@@ -254,7 +280,7 @@ def up(
         console.print(
             f"[green]all ready[/green] in {time.monotonic() - started:.0f}s; logs in {log_path}"
         )
-        for name in ("gateway", *ROLES):
+        for name in ("gateway", *roles):
             where = f"  {name:<12} {urls[name]}"
             if name in threads:
                 where += f"  ({threads[name]['MODEL_SERVER_THREADS']} threads)"

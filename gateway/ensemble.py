@@ -30,7 +30,10 @@ DEFAULT_PORTS: dict[str, int] = {
     "rationalyst": 8101,
     "agent": 8102,
     "scorer": 8103,
+    "reward": 8104,
 }
+REWARD_ROLE = "reward"
+"""The optional fourth model service (``up --reward-model``): a PRM/ORM on transformers."""
 
 
 THREADS_VAR = "MODEL_SERVER_THREADS"
@@ -184,6 +187,8 @@ def gateway_command(port: int, urls: Mapping[str, str], *, host: str = "127.0.0.
     cmd = [sys.executable, "-m", "gateway", "--host", host, "--port", str(port)]
     for role in ROLES:
         cmd += [f"--{role}-url", urls[role]]
+    if REWARD_ROLE in urls:
+        cmd += ["--reward-url", urls[REWARD_ROLE]]
     return cmd
 
 

@@ -29,7 +29,6 @@ from gateway.openai_compat import (
 )
 from gateway.search import Search, build_search, run_to_end
 from gateway.state import GatewayState
-from gateway.upstreams import SERVICES, ServiceName
 from shared.errors import InternalError, InvalidRequest, ServiceError, ServiceUnavailable
 from shared.gateway_schemas import (
     CancelResponse,
@@ -65,20 +64,26 @@ def check_question(question: str, state: GatewayState) -> None:
 
 
 async def readiness(state: GatewayState) -> dict[str, Any]:
-    """Ready when all three model services answer /ready; else 503 naming those that do not."""
-    clients = state.upstreams.by_name()
+    """Ready when all three model services answer /ready (and the reward service, when one
+    is configured); else 503 naming those that do not."""
+    clients: dict[str, Any] = {str(k): v for k, v in state.upstreams.by_name().items()}
+    if state.upstreams.reward is not None:
+        clients["reward"] = state.upstreams.reward
+    names = list(clients)
 
-    async def check(name: ServiceName) -> bool:
+    async def check(name: str) -> bool:
         try:
-            return await asyncio.wait_for(clients[name].ready(), state.settings.ready_timeout_s)
+            return bool(
+                await asyncio.wait_for(clients[name].ready(), state.settings.ready_timeout_s)
+            )
         except (TimeoutError, OSError):
             return False
 
-    results = await asyncio.gather(*(check(name) for name in SERVICES))
-    down = [name for name, ok in zip(SERVICES, results, strict=True) if not ok]
+    results = await asyncio.gather(*(check(name) for name in names))
+    down = [name for name, ok in zip(names, results, strict=True) if not ok]
     if down:
         raise ServiceUnavailable(f"model services not ready: {', '.join(down)}")
-    return {"status": "ready", "services": dict.fromkeys(SERVICES, "ready")}
+    return {"status": "ready", "services": dict.fromkeys(names, "ready")}
 
 
 def _search(state: GatewayState, req: ReasonRequest, request_id: str | None) -> Search:

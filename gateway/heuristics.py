@@ -161,6 +161,33 @@ class GreedyHeuristic:
         return Ranking(scores=[None] * len(candidates), chosen=0)
 
 
+class RewardHeuristic:
+    """The reward model's P(good) of trajectory + candidate (``prm``: the candidate's step
+    score; ``orm``: the partial solution's outcome score). The loop hands it a score
+    function backed by the reward service (:class:`gateway.reward.RewardScorer`)."""
+
+    wants_rationale = False
+    rationale_in_prompt = False
+    uses_scorer = False
+    uses_reward = True
+
+    def __init__(self, kind: Heuristic) -> None:
+        self.kind = kind
+
+    def num_candidates(self, requested: int) -> int:
+        return requested
+
+    async def rank(
+        self, candidates: Sequence[str], rationale: str | None, score: ScoreFn
+    ) -> Ranking:
+        return await _rank_by_scorer(candidates, None, score)
+
+
+def uses_reward(heuristic: StepHeuristic) -> bool:
+    """Whether the heuristic scores with the reward service rather than the scorer."""
+    return bool(getattr(heuristic, "uses_reward", False))
+
+
 def build_heuristic(kind: Heuristic, *, rng: random.Random) -> StepHeuristic:
     """A fresh heuristic of ``kind``; ``rng`` is the request's seeded generator."""
     match kind:
@@ -174,6 +201,8 @@ def build_heuristic(kind: Heuristic, *, rng: random.Random) -> StepHeuristic:
             return RandomHeuristic(rng)
         case Heuristic.greedy:
             return GreedyHeuristic()
+        case Heuristic.prm | Heuristic.orm:
+            return RewardHeuristic(kind)
     raise ValueError(f"unknown heuristic {kind!r}")  # pragma: no cover
 
 
@@ -185,6 +214,11 @@ def without_rationale(kind: Heuristic) -> Heuristic:
 def without_scorer(kind: Heuristic) -> Heuristic:
     """What a heuristic degrades to when the scorer is down."""
     return Heuristic.random if kind in _NEEDS_SCORER else kind
+
+
+def without_reward(kind: Heuristic) -> Heuristic:
+    """What a heuristic degrades to when the reward service is down."""
+    return Heuristic.likelihood if kind in (Heuristic.prm, Heuristic.orm) else kind
 
 
 _NEEDS_RATIONALE = frozenset({Heuristic.rationalyst, Heuristic.rationalyst_explicit})

@@ -56,10 +56,13 @@ from gateway.heuristics import (
     Ranking,
     StepHeuristic,
     build_heuristic,
+    uses_reward,
     without_rationale,
+    without_reward,
     without_scorer,
 )
 from gateway.prompts import scoring_context
+from gateway.reward import REWARD_HEURISTICS, RewardScorer, require_reward
 from gateway.upstreams import ServiceName, Upstreams
 from shared.answer_kinds import AnswerKind
 from shared.answers import extract_answer
@@ -103,6 +106,7 @@ _DEFAULT_PHASE: dict[ServiceName, str] = {
     "rationalyst": "rationale",
     "agent": "propose",
     "scorer": "score",
+    "reward": "reward",
 }
 
 DEFAULT_ANSWER_GRACE_S = 10.0
@@ -204,6 +208,9 @@ class _Run:
         self.strict = strict
         self.seed = seed if seed is not None else new_seed()
         self.rng = random.Random(self.seed)
+        self.reward: RewardScorer | None = None
+        if requested in REWARD_HEURISTICS:  # 422 naming `heuristic` when none is configured
+            self.reward = RewardScorer(require_reward(upstreams.reward, requested), question)
         self.heuristic: StepHeuristic = build_heuristic(requested, rng=self.rng)
         self.decay = decay
         self.few_shot = choose_few_shot(question, demos, answer_kind)
@@ -214,6 +221,7 @@ class _Run:
             "rationalyst": ServiceCounter(),
             "agent": ServiceCounter(),
             "scorer": ServiceCounter(),
+            "reward": ServiceCounter(),
         }
         self.phases: dict[str, ServiceCounter] = {}
         self.phase: str | None = None
@@ -239,12 +247,10 @@ class _Run:
         self._phase(phase).add(prompt=prompt, completion=completion)
 
     def budget_tokens(self) -> int:
-        """Generated tokens of every service plus the scorer's scored tokens."""
+        """Generated tokens of every service plus the tokens the scorer and the reward model
+        scored."""
         generated = sum(c.completion_tokens or 0 for c in self.counters.values())
-        reward = self.phases.get("reward")  # a reward model's scored tokens
-        scored = (self.counters["scorer"].prompt_tokens or 0) + (
-            (reward.prompt_tokens or 0) if reward else 0
-        )
+        scored = sum(self.counters[s].prompt_tokens or 0 for s in ("scorer", "reward"))
         return generated + scored
 
     # -- upstream calls -----------------------------------------------------------------------
@@ -377,12 +383,14 @@ class _Run:
         async def score_fn(cands: Sequence[str], r: str | None) -> list[float]:
             nonlocal scored
             scored = True
+            if uses_reward(self.heuristic):
+                return await self.reward_scores(steps, cands)
             return await self.score(steps, cands, r)
 
         unique = [texts[i] for i in distinct]
         start = time.perf_counter()
         try:
-            ranking: Ranking = await self.heuristic.rank(unique, rationale, score_fn)
+            ranking: Ranking = await self._rank_reward_first(unique, rationale, score_fn, step)
         except DOWN_ERRORS as exc:
             self._degrade("scorer", without_scorer(self.heuristic.kind), step, exc)
             ranking = await self.heuristic.rank(unique, rationale, score_fn)
@@ -397,6 +405,27 @@ class _Run:
             traces, distinct[ranking.chosen], duplicates, score_ms, self.heuristic.kind
         )
 
+    async def _rank_reward_first(
+        self, unique: Sequence[str], rationale: str | None, score_fn: Any, step: int
+    ) -> Ranking:
+        """Rank with the heuristic; a reward heuristic whose service is down degrades to
+        ``likelihood`` (non-strict) and ranks again with the scorer."""
+        try:
+            return await self.heuristic.rank(unique, rationale, score_fn)
+        except DOWN_ERRORS as exc:
+            if not uses_reward(self.heuristic):
+                raise
+            self._degrade("reward", without_reward(self.heuristic.kind), step, exc)
+            return await self.heuristic.rank(unique, rationale, score_fn)
+
+    async def reward_scores(self, steps: Sequence[str], candidates: Sequence[str]) -> list[float]:
+        """Every candidate as the next step, scored by the reward service in one call."""
+        assert self.reward is not None  # set whenever a reward heuristic was requested
+        before = self.reward.prompt_tokens
+        scores = await self._call("reward", self.reward.candidates(steps, candidates))
+        self.count("reward", "reward", prompt=self.reward.prompt_tokens - before)
+        return scores
+
     def usage(self) -> Usage:
         return Usage(
             rationalyst=self.counters["rationalyst"].model(),
@@ -404,6 +433,7 @@ class _Run:
             scorer=self.counters["scorer"].model(),
             phases={name: c.model() for name, c in self.phases.items()},
             budget_tokens=self.budget_tokens(),
+            reward=self.counters["reward"].model(),
         )
 
 

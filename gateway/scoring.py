@@ -159,10 +159,8 @@ async def reward_scores(
     """Every path in ONE reward call: its step scores (ORM: none) and its score by ``how``
     (computed by the service; probabilities, so ``prod`` is a product). Counted under the
     phase ``reward`` and in the budget."""
-    counter = run._phase("reward")
-    counter.calls += 1
-    res = await reward.solutions([list(p) for p in paths])
-    counter.add(prompt=int(res.usage.prompt_tokens))
+    res = await run._call("reward", reward.solutions([list(p) for p in paths]), "reward")
+    run.count("reward", "reward", prompt=int(res.usage.prompt_tokens))
     out: list[tuple[list[float | None], float]] = []
     for result, path in zip(res.results, paths, strict=True):
         steps: list[float | None] = [float(s) for s in result.step_scores]

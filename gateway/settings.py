@@ -28,6 +28,12 @@ class GatewaySettings(CommonSettings, JobStoreSettings):
     scorer_url: str = Field(
         default="http://127.0.0.1:8103", description="Base URL of the scorer model service."
     )
+    reward_url: str = Field(
+        default="",
+        description="Base URL of the reward model service (MODEL_SERVER_ROLE=reward), used by "
+        "the `prm` and `orm` heuristics; empty = not configured (those heuristics answer "
+        "422, and /ready leaves it out).",
+    )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated API keys. When set, every /v1 route requires "
@@ -132,6 +138,14 @@ class GatewaySettings(CommonSettings, JobStoreSettings):
     def _http_url(cls, v: str) -> str:
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"must start with http:// or https://, got {v!r}")
+        return v.rstrip("/")
+
+    @field_validator("reward_url")
+    @classmethod
+    def _optional_http_url(cls, v: str) -> str:
+        v = v.strip()
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError(f"must be empty or start with http:// or https://, got {v!r}")
         return v.rstrip("/")
 
     @model_validator(mode="after")

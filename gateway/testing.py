@@ -25,6 +25,7 @@ from shared.openai_schemas import (
     OAChatMessage,
     Usage,
 )
+from shared.reward import aggregates
 from shared.schemas import (
     Candidate,
     ContinuationScore,
@@ -32,6 +33,10 @@ from shared.schemas import (
     ProposeResponse,
     RationaleRequest,
     RationaleResponse,
+    RewardRequest,
+    RewardResponse,
+    RewardResult,
+    RewardUsage,
     RolloutCompletion,
     RolloutRequest,
     RolloutResponse,
@@ -59,6 +64,8 @@ class FakeModelService:
         default_factory=dict
     )
     default_score: float = -1.0
+    step_scores: dict[str, float] = field(default_factory=dict)
+    """What /v1/reward gives each step (by its text; 0.5 otherwise)."""
     rationale_text: str | Callable[[RationaleRequest], str] = "think about the next step"
     chat_text: str | Callable[[ChatCompletionRequest], str] = "Hello."
     """What /v1/chat/completions answers (text, or a function of the request)."""
@@ -152,6 +159,21 @@ class FakeModelService:
             ),
         )
 
+    async def reward(self, req: RewardRequest) -> RewardResponse:
+        """PRM-like: each step scores ``step_scores[step]`` (default 0.5)."""
+        await self._enter("reward", req)
+        results = []
+        for steps in req.solutions:
+            values = [self.step_scores.get(s, 0.5) for s in steps]
+            results.append(RewardResult(step_scores=values, **aggregates(values)))
+        return RewardResponse(
+            id="reward-fake",
+            model=self.name,
+            kind="prm",
+            results=results,
+            usage=RewardUsage(prompt_tokens=10 * len(req.solutions)),
+        )
+
     async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse:
         await self._enter("chat", req)
         text = self.chat_text(req) if callable(self.chat_text) else self.chat_text
@@ -189,10 +211,12 @@ def fake_upstreams(
     rationalyst: FakeModelService | None = None,
     agent: FakeModelService | None = None,
     scorer: FakeModelService | None = None,
+    reward: FakeModelService | None = None,
 ) -> Upstreams:
-    """Three fakes (defaults where not given)."""
+    """Three fakes (defaults where not given), and a reward service when given."""
     return Upstreams(
         rationalyst=rationalyst or FakeModelService("rationalyst"),
         agent=agent or FakeModelService("agent"),
         scorer=scorer or FakeModelService("scorer"),
+        reward=reward,
     )

@@ -22,14 +22,17 @@ from shared.schemas import (
     ProposeResponse,
     RationaleRequest,
     RationaleResponse,
+    RewardRequest,
+    RewardResponse,
     RolloutRequest,
     RolloutResponse,
     ScoreRequest,
     ScoreResponse,
 )
 
-ServiceName = Literal["rationalyst", "agent", "scorer"]
+ServiceName = Literal["rationalyst", "agent", "scorer", "reward"]
 SERVICES: tuple[ServiceName, ...] = ("rationalyst", "agent", "scorer")
+"""The model services every gateway needs; the reward service is optional."""
 
 
 class ModelClient(Protocol):
@@ -54,13 +57,26 @@ class ModelClient(Protocol):
     async def aclose(self) -> None: ...
 
 
+class RewardClient(Protocol):
+    """What the gateway asks of the reward service (``MODEL_SERVER_ROLE=reward``)."""
+
+    name: str
+
+    async def reward(self, req: RewardRequest) -> RewardResponse: ...
+
+    async def ready(self) -> bool: ...
+
+    async def aclose(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class Upstreams:
-    """One client per role."""
+    """One client per role; ``reward`` only when GATEWAY_REWARD_URL is set."""
 
     rationalyst: ModelClient
     agent: ModelClient
     scorer: ModelClient
+    reward: RewardClient | None = None
 
     def by_name(self) -> dict[ServiceName, ModelClient]:
         return {"rationalyst": self.rationalyst, "agent": self.agent, "scorer": self.scorer}
@@ -68,6 +84,8 @@ class Upstreams:
     async def aclose(self) -> None:
         for client in self.by_name().values():
             await client.aclose()
+        if self.reward is not None:
+            await self.reward.aclose()
 
 
 def build_upstreams(settings: GatewaySettings) -> Upstreams:
@@ -88,4 +106,5 @@ def build_upstreams(settings: GatewaySettings) -> Upstreams:
         rationalyst=client("rationalyst", settings.rationalyst_url),
         agent=client("agent", settings.agent_url),
         scorer=client("scorer", settings.scorer_url),
+        reward=client("reward", settings.reward_url) if settings.reward_url else None,
     )

@@ -27,6 +27,8 @@ from shared.schemas import (
     ProposeResponse,
     RationaleRequest,
     RationaleResponse,
+    RewardRequest,
+    RewardResponse,
     RolloutRequest,
     RolloutResponse,
     ScoreRequest,
@@ -140,6 +142,10 @@ class ModelServiceClient(ServiceClient):
     async def rollout(self, req: RolloutRequest, timeout: float | None = None) -> RolloutResponse:
         """``n`` completions of a partial solution, each as its steps and its answer."""
         return await self.post_model("/v1/rollout", req, RolloutResponse, timeout)
+
+    async def reward(self, req: RewardRequest, timeout: float | None = None) -> RewardResponse:
+        """``POST /v1/reward`` of a reward service (``MODEL_SERVER_ROLE=reward``)."""
+        return await self.post_model("/v1/reward", req, RewardResponse, timeout)
 
     async def chat(
         self, req: ChatCompletionRequest, timeout: float | None = None

@@ -88,6 +88,7 @@ SEARCH_STRATEGIES: frozenset[Strategy] = frozenset(
 
 SCORING_HEURISTICS: frozenset[Heuristic] = frozenset(
     {Heuristic.rationalyst, Heuristic.rationalyst_explicit, Heuristic.likelihood, Heuristic.random}
+    | {Heuristic.prm, Heuristic.orm}
 )
 """Heuristics that can rank caller-supplied candidates (/v1/select)."""
 
@@ -371,6 +372,7 @@ class Usage(Strict):
     rationalyst: ServiceUsage = Field(default_factory=ServiceUsage)
     agent: ServiceUsage = Field(default_factory=ServiceUsage)
     scorer: ServiceUsage = Field(default_factory=ServiceUsage)
+    reward: ServiceUsage = Field(default_factory=ServiceUsage)
     phases: dict[str, ServiceUsage] = Field(
         default_factory=dict,
         description="The same calls and tokens per phase of the strategy: `rationale`, "
@@ -416,7 +418,7 @@ class Fallback(Strict):
     """A degradation: a service failed and the request continued with another heuristic."""
 
     step: int = Field(description="Step at which it happened.")
-    service: Literal["rationalyst", "scorer"]
+    service: Literal["rationalyst", "scorer", "reward"]
     from_heuristic: Heuristic
     to_heuristic: Heuristic
     reason: str

@@ -35,6 +35,8 @@ class JobKind(StrEnum):
     tripost_eval = "tripost_eval"
     tripost = "tripost"
     prm_labels = "prm_labels"
+    train_prm = "train_prm"
+    train_orm = "train_orm"
 
 
 STAGE_KINDS: tuple[JobKind, ...] = (
@@ -46,7 +48,7 @@ STAGE_KINDS: tuple[JobKind, ...] = (
 """The kinds that are one stage each; ``rationale_pipeline`` chains all four in this order."""
 
 LONG_RUNNING_KINDS: frozenset[JobKind] = frozenset(
-    {JobKind.train_rationalyst, JobKind.train_tripost}
+    {JobKind.train_rationalyst, JobKind.train_tripost, JobKind.train_prm, JobKind.train_orm}
 )
 """Stages whose one shard may run for days (training): queued under their own arq task, whose
 timeout is the worker's ``train_timeout_s`` rather than ``shard_timeout_s``."""
@@ -927,6 +929,118 @@ class JobStage:
 
 
 # --------------------------------------------------------------------------------------------
+# Training process and outcome reward models (REFERENCE.md 3)
+
+
+class RewardLabelMode(StrEnum):
+    hard = "hard"
+    """Two classes, cross-entropy on the rows' ``labels`` (any rollout reached the answer)."""
+    soft = "soft"
+    """One logit, BCE on the rows' ``soft_labels`` (the share of rollouts that did)."""
+
+
+REWARD_PRESETS: dict[TrainPreset, dict[str, Any]] = {
+    TrainPreset.small: {
+        "epochs": 3.0,
+        "learning_rate": 5e-5,
+        "batch_size": 8,
+        "gradient_accumulation_steps": 1,
+        "max_length": 512,
+        "lr_scheduler": "linear",
+        "warmup_ratio": 0.0,
+    },
+    TrainPreset.paper: {
+        "epochs": 2.0,
+        "learning_rate": 2e-6,
+        "batch_size": 4,
+        "gradient_accumulation_steps": 16,
+        "max_length": 1024,
+        "lr_scheduler": "cosine",
+        "warmup_ratio": 0.03,
+    },
+}
+"""``small``: the embedded 135M model on a CPU. ``paper``: a 7B-class base on GPUs, full
+fine-tune at a low learning rate and an effective batch of 64 (REFERENCE.md does not record
+Math-Shepherd's own hyperparameters: these are a starting point, not the paper's)."""
+
+
+class RewardTrainData(Strict):
+    """Stepwise rows ``{prompt, completions, labels, soft_labels}`` (PRM) or outcome rows
+    ``{prompt, completion, label}`` (ORM), as a ``prm_labels`` job writes them."""
+
+    job: str | None = Field(
+        default=None,
+        pattern=JOB_ID_PATTERN,
+        description="A succeeded prm_labels job: its stepwise.jsonl (train_prm) or "
+        "outcome.jsonl (train_orm).",
+    )
+    train: list[NonEmptyStr] | None = Field(
+        default=None, min_length=1, description="Training files (JSONL) on the worker."
+    )
+    dev: list[NonEmptyStr] | None = Field(
+        default=None, min_length=1, description="Held-out files (JSONL) on the worker."
+    )
+    dev_fraction: float = Field(
+        default=0.2,
+        ge=0.0,
+        lt=1.0,
+        description="Without dev files: hold out this share of the problems (seeded; all "
+        "solutions of a problem fall on one side) for the metrics; 0 = none.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.job is None) == (self.train is None):
+            raise ValueError("give either data.job or data.train")
+        if self.job is not None and self.dev is not None:
+            raise ValueError("data.dev goes with data.train")
+        return self
+
+
+class RewardTrainOptions(TrainOptions):
+    """A reward model fine-tuned with transformers' Trainer: the base model's body with a
+    classification head read at the step tag (:mod:`shared.reward`)."""
+
+    presets: ClassVar[dict[TrainPreset, dict[str, Any]]] = REWARD_PRESETS
+
+    name: str | None = Field(default=None, max_length=200, description="A label for listings.")
+    data: RewardTrainData
+    limit: int | None = Field(default=None, ge=1, description="Train on the first N rows only.")
+    base_model: NonEmptyStr = Field(
+        default="smollm2-135m-instruct",
+        description="A model folder, a models-cache name or a registered model, on the worker.",
+    )
+    model_name: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
+        description="Registry name of the trained model (default: prm-<job id> / orm-<job id>).",
+    )
+    step_tag: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="The step tag: one token of the base model's vocabulary (default: the "
+        "first single-token one of shared.reward.STEP_TAG_CANDIDATES).",
+    )
+
+
+class TrainPrmSpec(RewardTrainOptions):
+    """Train a process reward model: P(step is good) at the tag after each step."""
+
+    kind: Literal[JobKind.train_prm]
+    label_mode: RewardLabelMode = Field(
+        default=RewardLabelMode.hard,
+        description="hard: CE on the hard labels; soft: BCE on the Monte-Carlo fractions.",
+    )
+
+
+class TrainOrmSpec(RewardTrainOptions):
+    """Train an outcome reward model: P(solution is correct), BCE on the outcome labels."""
+
+    kind: Literal[JobKind.train_orm]
+
+
+# --------------------------------------------------------------------------------------------
 # Job specs (POST /v1/jobs)
 
 
@@ -987,7 +1101,9 @@ JobSpec = Annotated[
     | TrainTripostSpec
     | TripostEvalSpec
     | TripostSpec
-    | PrmLabelsSpec,
+    | PrmLabelsSpec
+    | TrainPrmSpec
+    | TrainOrmSpec,
     Field(discriminator="kind"),
 ]
 
@@ -1025,7 +1141,7 @@ def named_paths(spec: Any) -> list[tuple[str, list[str]]]:
     """Every list of file-system paths a job spec names, with its field (``input.paths``,
     ``data.train``, ...)."""
     out = [(f"{name}.paths", list(i.paths)) for name, i in named_inputs(spec) if i.paths]
-    if isinstance(spec, TrainRationalystSpec | TrainTripostSpec):
+    if isinstance(spec, TrainRationalystSpec | TrainTripostSpec | TrainPrmSpec | TrainOrmSpec):
         out += [(f"data.{k}", list(v)) for k, v in (("train", spec.data.train),
                                                     ("dev", spec.data.dev)) if v]  # fmt: skip
     return out

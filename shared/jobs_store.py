@@ -54,6 +54,8 @@ from shared.job_schemas import (
     StageStatus,
     Timings,
     TrainingProgress,
+    TrainOrmSpec,
+    TrainPrmSpec,
     TrainRationalystSpec,
     TrainTripostSpec,
     TripostSpec,
@@ -151,6 +153,17 @@ def training_data_files(root: Path, job_id: str) -> tuple[Path, Path]:
     """Where a finished sft_data (or rationale_pipeline) job keeps its train and dev rows."""
     folder = stage_dir(root, job_id, JobKind.sft_data)
     return folder / "train.jsonl", folder / "dev.jsonl"
+
+
+def reward_data_file(root: Path, job_id: str, kind: JobKind | str) -> Path:
+    """Where a finished prm_labels job keeps the rows a reward training reads: stepwise rows
+    for ``train_prm``, outcome rows for ``train_orm`` (in its stage folder, else its own)."""
+    name = "stepwise.jsonl" if JobKind(kind) is JobKind.train_prm else "outcome.jsonl"
+    in_stage = stage_dir(root, job_id, JobKind.prm_labels) / name
+    if in_stage.is_file():
+        return in_stage
+    top = job_dir(root, job_id) / name
+    return top if top.is_file() else in_stage
 
 
 def job_dir(root: Path, job_id: str) -> Path:
@@ -397,6 +410,8 @@ class JobStore:
             self.check_tripost_names(spec, job_id)
         if isinstance(spec, PrmLabelsSpec):
             await asyncio.to_thread(self.check_prm_labels_spec, spec)
+        if isinstance(spec, TrainPrmSpec | TrainOrmSpec):
+            await self.check_reward_training_spec(spec)
         now = time.time()
         stages = job_stages(spec)
         fields = {
@@ -533,6 +548,17 @@ class JobStore:
                 f"{len(items)} items); prm_labels needs them to label steps",
                 field="task",
             )
+
+    async def check_reward_training_spec(self, spec: TrainPrmSpec | TrainOrmSpec) -> None:
+        """As :meth:`check_training_spec`, for reward models: a data job must be a succeeded
+        prm_labels job whose stepwise (PRM) or outcome (ORM) rows exist."""
+        kinds = (JobKind.prm_labels,)
+        source = await self.data_source(spec.model_name, spec.data.job, kinds, "reward rows")
+        if source is None:
+            return
+        rows = reward_data_file(self.artifacts_dir, source.id, spec.kind)
+        if not rows.is_file() or rows.stat().st_size == 0:
+            raise InvalidRequest(f"job {source.id} has no rows at {rows}", field="data.job")
 
     def check_tripost_names(self, spec: TripostSpec, job_id: str) -> None:
         """Reject at submit a tripost job whose models' names are already registered."""

@@ -38,10 +38,11 @@ class RegisteredModel(Strict):
     name: str = Field(pattern=MODEL_NAME_PATTERN, description="Registry name.")
     path: str = Field(description="The Hugging Face model folder (on the shared volume).")
     base_model: str = Field(description="The model it was fine-tuned from.")
-    kind: Literal["rationalyst", "tripost"] = Field(
+    kind: Literal["rationalyst", "tripost", "prm", "orm"] = Field(
         default="rationalyst",
-        description="What it was trained to do: write rationales (train_rationalyst), or "
-        "attempt, judge and update its own answers in TriPosT's format (train_tripost).",
+        description="What it was trained to do: write rationales (train_rationalyst), "
+        "attempt, judge and update its own answers in TriPosT's format (train_tripost), or "
+        "score steps (prm: train_prm) or whole solutions (orm: train_orm) as a reward model.",
     )
     method: Literal["full", "lora"] = Field(description="Full fine-tune or LoRA (merged).")
     job_id: str | None = Field(default=None, description="The training job that made it.")

@@ -32,11 +32,13 @@ class Strict(BaseModel):
 
 
 class Role(StrEnum):
-    """The three deployments of the model service."""
+    """The deployments of the model service."""
 
     rationalyst = "rationalyst"
     agent = "agent"
     scorer = "scorer"
+    reward = "reward"
+    """A process or outcome reward model (``train_prm``/``train_orm``): ``POST /v1/reward``."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,6 +288,42 @@ class ContinuationScore(Strict):
 class ScoreResponse(Strict):
     scores: list[ContinuationScore]
     prompt_tokens: int = Field(description="Distinct tokens scored, shared prefix counted once.")
+
+
+# --------------------------------------------------------------------------------------------
+# POST /v1/reward (the reward role: a PRM or an ORM)
+
+
+class RewardRequest(Strict):
+    question: NonEmptyStr
+    solutions: list[list[str]] = Field(
+        min_length=1,
+        max_length=256,
+        description="Solutions to score, each as its list of steps; all go in one batched "
+        "forward pass.",
+    )
+
+
+class RewardResult(Strict):
+    step_scores: list[float] = Field(
+        description="PRM: P(step is good) at the tag after each step; ORM: empty."
+    )
+    min: float = Field(description="Smallest step score (Math-Shepherd). ORM: the score.")
+    prod: float = Field(description="Product of the step scores (OmegaPRM). ORM: the score.")
+    last: float = Field(description="The last step's score. ORM: the score.")
+    mean: float = Field(description="Mean step score. ORM: the score.")
+
+
+class RewardUsage(Strict):
+    prompt_tokens: int = Field(description="Tokens of every solution's input, summed.")
+
+
+class RewardResponse(Strict):
+    id: str
+    model: str
+    kind: Literal["prm", "orm"]
+    results: list[RewardResult]
+    usage: RewardUsage
 
 
 # --------------------------------------------------------------------------------------------

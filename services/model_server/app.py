@@ -24,6 +24,8 @@ from shared.schemas import (
     ProposeResponse,
     RationaleRequest,
     RationaleResponse,
+    RewardRequest,
+    RewardResponse,
     RolloutRequest,
     RolloutResponse,
     ScoreRequest,
@@ -42,6 +44,7 @@ MODEL_ROUTES = frozenset(
         "/v1/score",
         "/v1/completions",
         "/v1/chat/completions",
+        "/v1/reward",
     }
 )
 """Routes that run the model: a request whose client disconnects is cancelled, and the
@@ -170,6 +173,11 @@ def create_app(
     async def score(req: ScoreRequest, service: ServiceDep) -> ScoreResponse:
         """Score continuations of one context in one batched pass."""
         return await service.score(req)
+
+    @app.post("/v1/reward", responses=MODEL_ERRORS)
+    async def reward(req: RewardRequest, service: ServiceDep) -> RewardResponse:
+        """Score solutions with the reward model: per step (PRM) or per solution (ORM)."""
+        return await service.reward(req)
 
     @app.post("/v1/completions", responses=MODEL_ERRORS)
     async def completions(req: CompletionRequest, service: ServiceDep) -> JSONResponse:

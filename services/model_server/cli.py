@@ -25,6 +25,8 @@ def serve(settings: ModelServerSettings) -> None:
     from shared.logging import configure_logging
 
     configure_logging(settings.log_level, json_logs=settings.log_json)
+    if settings.role is Role.reward:
+        check_reward_role(settings)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -34,8 +36,21 @@ def serve(settings: ModelServerSettings) -> None:
     )
 
 
+def check_reward_role(settings: ModelServerSettings) -> None:
+    """Refuse to start a reward service on what cannot serve rewards (an engine other than
+    transformers, a model that is not a PRM/ORM), with the reason, before binding a port."""
+    from services.model_server.engines import build_reward_engine
+    from shared.errors import ServiceError
+
+    try:
+        build_reward_engine(settings)
+    except ServiceError as exc:
+        typer.echo(f"error: MODEL_SERVER_ROLE=reward cannot start: {exc.message}", err=True)
+        raise SystemExit(2) from exc
+
+
 def serve_model(
-    role: Annotated[Role | None, typer.Option(help="rationalyst, agent or scorer.")] = None,
+    role: Annotated[Role | None, typer.Option(help="rationalyst, agent, scorer or reward.")] = None,
     model: Annotated[
         str | None,
         typer.Option(help="Model folder, cache name, registered trained model or hub id."),

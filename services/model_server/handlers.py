@@ -7,6 +7,7 @@ import asyncio
 import logging
 import math
 import time
+import uuid
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -27,6 +28,7 @@ from services.model_server.rollout import roll_out
 from services.model_server.settings import ModelServerSettings
 from shared.errors import EngineError, InvalidRequest, ServiceError, UpstreamTimeout
 from shared.openai_schemas import ChatCompletionRequest, CompletionRequest, completion_id
+from shared.reward import AGGREGATES, RewardInput, aggregates, encode_outcome, encode_steps
 from shared.schemas import (
     Aggregate,
     Candidate,
@@ -35,6 +37,10 @@ from shared.schemas import (
     ProposeResponse,
     RationaleRequest,
     RationaleResponse,
+    RewardRequest,
+    RewardResponse,
+    RewardResult,
+    RewardUsage,
     RolloutCompletion,
     RolloutRequest,
     RolloutResponse,
@@ -257,6 +263,57 @@ class ModelService:
         self.metrics.observe_score(k, processed, time.perf_counter() - start)
         return ScoreResponse(
             scores=[self._continuation_score(w, req) for w in windows], prompt_tokens=processed
+        )
+
+    async def reward(self, req: RewardRequest) -> RewardResponse:
+        """Step scores (PRM) or the outcome score (ORM) of every solution, in one batched
+        forward pass. A solution longer than the context is a 422 naming it and its step."""
+        engine = self.engine
+        reward_kind = getattr(engine, "reward_kind", None)
+        if reward_kind is None:
+            raise InvalidRequest(
+                f"this model service is the {self.settings.role.value} role; /v1/reward is "
+                "served by MODEL_SERVER_ROLE=reward on a PRM or ORM",
+                field="solutions",
+            )
+        tokenizer, tag = engine.tokenizer, engine.step_tag_id  # type: ignore[attr-defined]
+        limit = engine.max_model_len
+        inputs: list[RewardInput] = []
+        for i, steps in enumerate(req.solutions):
+            if reward_kind == "prm":
+                enc = encode_steps(tokenizer, req.question, steps, tag)
+            else:
+                enc = encode_outcome(tokenizer, req.question, steps, tag)
+            if len(enc.input_ids) > limit:
+                if reward_kind == "prm":
+                    j = next(k for k, end in enumerate(enc.step_ends) if end > limit)
+                    field = f"solutions[{i}][{j}]"
+                    what = f"solution {i}, step {j}: the question and the steps up to here are"
+                    n = enc.step_ends[j]
+                else:
+                    field, n = f"solutions[{i}]", len(enc.input_ids)
+                    what = f"solution {i}: the question and the solution are"
+                raise InvalidRequest(
+                    f"{what} {n} tokens, past the reward model's context of {limit}",
+                    field=field,
+                )
+            inputs.append(enc)
+        start = time.perf_counter()
+        scores = await self._run(engine.reward(inputs))  # type: ignore[attr-defined]
+        self.metrics.observe_score(len(inputs), sum(len(x.input_ids) for x in inputs),
+                                   time.perf_counter() - start)  # fmt: skip
+        results = []
+        for values in scores:
+            if reward_kind == "prm":
+                results.append(RewardResult(step_scores=values, **aggregates(values)))
+            else:
+                results.append(RewardResult(step_scores=[], **dict.fromkeys(AGGREGATES, values[0])))
+        return RewardResponse(
+            id=f"reward-{uuid.uuid4().hex[:16]}",
+            model=self.settings.name,
+            kind=reward_kind,
+            results=results,
+            usage=RewardUsage(prompt_tokens=sum(len(x.input_ids) for x in inputs)),
         )
 
     @staticmethod

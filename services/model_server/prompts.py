@@ -18,6 +18,7 @@ DEFAULT_SYSTEM_PROMPTS: dict[Role, str | None] = {
         "the result, end the step with 'The answer is: X'."
     ),
     Role.scorer: None,
+    Role.reward: None,
 }
 
 BOT, EOT = "<BOT>", "<EOT>"

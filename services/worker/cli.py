@@ -147,7 +147,8 @@ def submit(
         str | None,
         typer.Option(
             help="prefilter, extract, filter, sft_data, rationale_pipeline, train_rationalyst, "
-            "tripost_collect, train_tripost, tripost_eval, tripost or prm_labels."
+            "tripost_collect, train_tripost, tripost_eval, tripost, prm_labels, train_prm or "
+            "train_orm."
         ),
     ] = None,
     input_paths: Annotated[

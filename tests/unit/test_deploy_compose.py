@@ -32,6 +32,7 @@ SERVICE_KIND = {
     "rationalyst": "model-server",
     "agent": "model-server",
     "scorer": "model-server",
+    "reward": "model-server",  # optional, under the `reward` profile
     "gateway": "gateway",
     "worker": "worker",
     "redis": None,
@@ -419,3 +420,16 @@ def test_deploy_env_example_shows_the_real_defaults(monkeypatch: pytest.MonkeyPa
         parsed = getattr(cls(), field)
         monkeypatch.delenv(name, raising=False)
         assert parsed == default, f".env.example: {name}={shown} but the default is {default!r}"
+
+
+def test_deploy_compose_reward_service_is_optional_and_wired() -> None:
+    """The reward service starts only with its profile, serves the reward role, and the
+    gateway leaves it unconfigured unless .env names it."""
+    services = interpolate(load(BASE), {})["services"]
+    reward = services["reward"]
+    assert reward["profiles"] == ["reward"]
+    assert reward["environment"]["MODEL_SERVER_ROLE"] == "reward"
+    assert reward["environment"]["MODEL_SERVER_ENGINE"] == "transformers"
+    assert "artifacts:/artifacts:ro" in reward["volumes"]
+    assert services["gateway"]["environment"]["GATEWAY_REWARD_URL"] is None
+    assert "reward" not in services["gateway"]["depends_on"]

@@ -60,7 +60,8 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (extra / "kustomization.yaml").write_text(
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
         "resources: [../gpu]\n"
-        "components: [../../components/external-redis, ../../components/gpu-worker]\n"
+        "components: [../../components/external-redis, ../../components/gpu-worker,"
+        " ../../components/reward-model]\n"
     )
     return root
 
@@ -474,3 +475,30 @@ def test_deploy_k8s_external_redis_and_gpu_worker_components(
     assert redis_url["valueFrom"]["secretKeyRef"]["key"] == "REDIS_URL"
     assert c["image"].startswith("rationalyst/worker-gpu:")
     assert c["resources"]["requests"][GPU] == c["resources"]["limits"][GPU] == 1
+
+
+def test_deploy_k8s_reward_component_adds_the_reward_role_and_points_the_gateway_at_it(
+    built: dict[str, list[dict[str, Any]]],
+) -> None:
+    """Only with the component: a reward-model Deployment + Service of the reward role on
+    transformers, and GATEWAY_REWARD_URL naming that Service (the base overlays have none)."""
+    for overlay in OVERLAYS:
+        names = {o["metadata"]["name"] for o in built[overlay]}
+        assert "reward-model" not in names
+    objs = built["test-components"]
+    deployment = named(objs, "Deployment", "reward-model")
+    service = named(objs, "Service", "reward-model")
+    assert service["spec"]["selector"]["app.kubernetes.io/name"] == "reward"
+    config_names = [
+        ref["configMapRef"]["name"]
+        for ref in deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+    ]
+    config = {}
+    for name in config_names:
+        config.update(named(objs, "ConfigMap", name)["data"])
+    assert config["MODEL_SERVER_ROLE"] == "reward"
+    assert config["MODEL_SERVER_ENGINE"] == "transformers"  # the role's own map comes last
+    gateway = [
+        o for o in of_kind(objs, "ConfigMap") if o["metadata"]["name"].startswith("gateway-config")
+    ]
+    assert gateway[0]["data"]["GATEWAY_REWARD_URL"] == "http://reward-model:8000"

@@ -200,3 +200,34 @@ def test_restart_policy_backs_off_within_its_window() -> None:
     assert delays == [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
     assert policy.delay("worker", now=1000) == 0.0  # a long life resets it
     assert policy.delay("redis", now=1000) == 0.0
+
+
+def test_up_reward_model_starts_a_reward_service_with_its_share(monkeypatch, tmp_path) -> None:
+    from tests.unit.test_thread_budget import ROLES
+
+    monkeypatch.delenv("MODEL_SERVER_THREADS", raising=False)
+    monkeypatch.setattr(ensemble, "available_cores", lambda: list(range(10)))
+    started = run_up(monkeypatch, tmp_path, "--reward-model", "prm-ci", "--engine", "vllm")
+    reward = started["reward"].command
+    assert reward[reward.index("--role") + 1] == "reward"
+    assert model_of(reward) == "prm-ci"
+    assert reward[reward.index("--engine") + 1] == "vllm"  # the pooling runner
+    gateway = started["gateway"].command
+    assert gateway[gateway.index("--reward-url") + 1] == started["reward"].url
+    # four services share the ten cores (the agent a double share), as in thread_budget
+    shares = [started[r].env["MODEL_SERVER_THREADS"] for r in (*ROLES, "reward")]
+    assert shares == ["2", "4", "2", "2"]
+
+
+def test_up_reward_service_never_takes_the_remote_engine(monkeypatch, tmp_path) -> None:
+    started = run_up(
+        monkeypatch, tmp_path, "--reward-model", "prm-ci", "--engine", "remote", exit_code=1
+    )
+    reward = started["reward"].command
+    assert reward[reward.index("--engine") + 1] == "transformers"
+
+
+def test_up_without_reward_model_starts_no_reward_service(monkeypatch, tmp_path) -> None:
+    started = run_up(monkeypatch, tmp_path)
+    assert "reward" not in started
+    assert "--reward-url" not in started["gateway"].command

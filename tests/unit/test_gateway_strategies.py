@@ -455,11 +455,20 @@ class FakeReward:
 
 
 class PhaseRun:
+    """The accounting a solution scorer uses from its run: calls and tokens per phase."""
+
     def __init__(self) -> None:
         self.phases: dict[str, ServiceCounter] = {}
 
     def _phase(self, name: str) -> ServiceCounter:
         return self.phases.setdefault(name, ServiceCounter())
+
+    async def _call(self, service: str, call: Any, phase: str) -> Any:
+        self._phase(phase).calls += 1
+        return await call
+
+    def count(self, service: str, phase: str, *, prompt: int | None = None) -> None:
+        self._phase(phase).add(prompt=prompt)
 
 
 @pytest.mark.parametrize(("how", "best"), [("min", 1), ("prod", 1), ("last", 0), ("mean", 0)])

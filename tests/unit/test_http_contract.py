@@ -64,6 +64,7 @@ MODEL_SERVICE: dict[tuple[str, str], set[int]] = {
     ("POST", "/v1/score"): SEARCH,
     ("POST", "/v1/completions"): SEARCH,
     ("POST", "/v1/chat/completions"): SEARCH,
+    ("POST", "/v1/reward"): SEARCH,  # the reward role; other roles answer 422
     ("GET", "/v1/models"): {401},
 }
 
@@ -194,7 +195,7 @@ async def test_trace_by_id_unknown_is_a_404_envelope(asgi_client) -> None:  # ty
     assert "nope" in body.error.message and body.error.request_id == "r404"
 
 
-@pytest.mark.parametrize("path", ["/v1/propose", "/v1/score", "/v1/chat/completions"])
+@pytest.mark.parametrize("path", ["/v1/propose", "/v1/score", "/v1/chat/completions", "/v1/reward"])
 async def test_model_service_bad_bodies_get_the_envelope_naming_body(  # type: ignore[no-untyped-def]
     fake_engine, asgi_client, path: str
 ) -> None:

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from services.model_server.engines.base import Engine
 from services.model_server.settings import EngineKind, ModelServerSettings
+from shared.errors import InvalidRequest
+from shared.schemas import Role
+
+REMOTE_REWARD_UNSUPPORTED = (
+    "MODEL_SERVER_ROLE=reward loads its model itself: use MODEL_SERVER_ENGINE=transformers "
+    "(CPU or GPU) or vllm (vLLM's pooling runner); an OpenAI-compatible upstream serves no "
+    "reward model"
+)
 
 
 def model_location(settings: ModelServerSettings, *, allow_hub: bool = True) -> str:
@@ -26,6 +36,8 @@ def model_location(settings: ModelServerSettings, *, allow_hub: bool = True) -> 
 def build_engine(settings: ModelServerSettings) -> Engine:
     """Construct (not start) the engine the settings name. Imports are lazy: the remote
     engine must not need torch, and only the vllm engine needs vllm."""
+    if settings.role is Role.reward:
+        return build_reward_engine(settings)
     if settings.engine is EngineKind.remote:
         from services.model_server.engines.remote_engine import RemoteEngine
 
@@ -38,3 +50,23 @@ def build_engine(settings: ModelServerSettings) -> Engine:
     from services.model_server.engines.transformers_engine import TransformersEngine
 
     return TransformersEngine(settings, path)
+
+
+def build_reward_engine(settings: ModelServerSettings) -> Engine:
+    """The reward role's engine: transformers, or vLLM's pooling runner. The remote engine,
+    and a folder that is not a reward model, fail at start-up with a message that says so
+    (InvalidRequest naming ``engine`` or ``model``)."""
+    from services.model_server.engines.reward_engine import (
+        NotARewardModel,
+        TransformersRewardEngine,
+        VllmRewardEngine,
+    )
+
+    if settings.engine is EngineKind.remote:
+        raise InvalidRequest(f"engine=remote: {REMOTE_REWARD_UNSUPPORTED}", field="engine")
+    cls = VllmRewardEngine if settings.engine is EngineKind.vllm else TransformersRewardEngine
+    try:
+        engine: Any = cls(settings, model_location(settings))
+    except NotARewardModel as exc:
+        raise InvalidRequest(str(exc), field="model") from exc
+    return cast(Engine, engine)

@@ -12,7 +12,12 @@ from services.worker.stages.filter import FilterStage
 from services.worker.stages.prefilter import PrefilterStage
 from services.worker.stages.prm_labels import PrmLabelsStage
 from services.worker.stages.sft import SftStage
-from services.worker.stages.train import TrainStage, TrainTripostStage
+from services.worker.stages.train import (
+    TrainOrmStage,
+    TrainRewardStage,
+    TrainStage,
+    TrainTripostStage,
+)
 from services.worker.stages.tripost import TripostCollectStage
 from services.worker.stages.tripost_eval import TripostEvalStage
 from shared.job_schemas import (
@@ -24,6 +29,8 @@ from shared.job_schemas import (
     PrmLabelsSpec,
     RationalePipelineSpec,
     SftOptions,
+    TrainOrmSpec,
+    TrainPrmSpec,
     TrainRationalystSpec,
     TrainTripostSpec,
     TripostCollectSpec,
@@ -41,6 +48,8 @@ STAGES: dict[JobKind, tuple[type[Stage], type[BaseModel]]] = {
     JobKind.train_tripost: (TrainTripostStage, TrainTripostSpec),
     JobKind.tripost_eval: (TripostEvalStage, TripostEvalSpec),
     JobKind.prm_labels: (PrmLabelsStage, PrmLabelsSpec),
+    JobKind.train_prm: (TrainRewardStage, TrainPrmSpec),
+    JobKind.train_orm: (TrainOrmStage, TrainOrmSpec),
 }
 
 

@@ -37,6 +37,8 @@ from shared.job_schemas import (
     InputSpec,
     JobKind,
     TrainingProgress,
+    TrainOrmSpec,
+    TrainPrmSpec,
     TrainRationalystSpec,
     TrainTripostSpec,
     TripostSpec,
@@ -44,6 +46,7 @@ from shared.job_schemas import (
 from shared.jobs_store import (
     job_dir,
     parse_spec,
+    reward_data_file,
     stage_dir,
     training_data_files,
     tripost_samples_file,
@@ -56,12 +59,21 @@ POLL_S = 1.0
 TERMINATE_GRACE_S = 15.0
 
 
-TrainSpec = TrainRationalystSpec | TrainTripostSpec
+TrainSpec = TrainRationalystSpec | TrainTripostSpec | TrainPrmSpec | TrainOrmSpec
 GOLD_FILE = "gold.jsonl"
 
 
+MODEL_KINDS = {
+    JobKind.train_rationalyst: "rationalyst",
+    JobKind.train_tripost: "tripost",
+    JobKind.train_prm: "prm",
+    JobKind.train_orm: "orm",
+}
+"""The registry kind of the model each training stage registers (also its default prefix)."""
+
+
 def default_model_name(job_id: str, kind: JobKind = JobKind.train_rationalyst) -> str:
-    prefix = "tripost" if kind is JobKind.train_tripost else "rationalyst"
+    prefix = MODEL_KINDS[kind]
     return f"{prefix}-{job_id}"[:64]
 
 
@@ -92,6 +104,8 @@ TRAIN_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS
 def _data_job_rows(spec: TrainSpec, artifacts_dir: Path, job_id: str) -> Path:
     if isinstance(spec, TrainRationalystSpec):
         return training_data_files(artifacts_dir, job_id)[0]
+    if isinstance(spec, TrainPrmSpec | TrainOrmSpec):
+        return reward_data_file(artifacts_dir, job_id, spec.kind)
     if spec.data.path is not None:
         return job_dir(artifacts_dir, job_id) / spec.data.path
     try:
@@ -262,13 +276,15 @@ class TrainStage(Stage):
                 name=spec.model_name or default_model_name(job_id, self.kind),
                 path=str(tp.model.resolve()),
                 base_model=spec.base_model,
-                kind="tripost" if self.kind is JobKind.train_tripost else "rationalyst",
+                kind=MODEL_KINDS[self.kind],
                 method=spec.method.value,
                 job_id=job_id,
                 data={
                     "source": spec.data.model_dump(mode="json", exclude_none=True),
                     "train": result["data"]["train"],
                     "dev": result["data"]["dev"],
+                    # reward models: kind, step tag and its id, label mode (also reward.json)
+                    **({"reward": result["reward"]} if "reward" in result else {}),
                 },
                 metrics=result["metrics"],
                 hyperparameters=result["hyperparameters"],
@@ -303,6 +319,19 @@ class TrainTripostStage(TrainStage):
         with atomic_open(path) as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+class TrainRewardStage(TrainStage):
+    """``train_prm`` / ``train_orm``: a reward model (:mod:`services.worker.training.reward`)
+    on a prm_labels job's rows or on files; the held-out rows come from the dev files or are
+    split off by problem in the child."""
+
+    kind = JobKind.train_prm
+    options: TrainPrmSpec | TrainOrmSpec
+
+
+class TrainOrmStage(TrainRewardStage):
+    kind = JobKind.train_orm
 
 
 async def _terminate(proc: asyncio.subprocess.Process) -> None:

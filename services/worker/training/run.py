@@ -38,6 +38,9 @@ from shared.files import read_json, write_json
 from shared.job_schemas import (
     TrainingProgress,
     TrainMethod,
+    TrainOptions,
+    TrainOrmSpec,
+    TrainPrmSpec,
     TrainRationalystSpec,
     TrainTripostSpec,
 )
@@ -77,7 +80,7 @@ def read_spec(request: dict[str, Any]) -> TrainSpec:
     return TrainRationalystSpec.model_validate(raw)
 
 
-def _precision(spec: TrainSpec) -> tuple[str, Any, bool]:
+def _precision(spec: TrainOptions) -> tuple[str, Any, bool]:
     """The device, the dtype the weights load in, and whether the math runs in bf16.
 
     ``auto`` follows the model service's rule (bf16 on GPUs and on CPUs with native bf16).
@@ -178,6 +181,13 @@ def train(paths: TrainPaths) -> int:
         logger.info("already trained: %s", paths.result)
         return 0
     request = read_json(paths.request)
+    if request["spec"].get("kind") in ("train_prm", "train_orm"):
+        from services.worker.training.reward import RewardSpec, train_reward
+
+        reward_spec: RewardSpec = (
+            TrainPrmSpec if request["spec"]["kind"] == "train_prm" else TrainOrmSpec
+        ).model_validate(request["spec"])
+        return train_reward(paths, request, reward_spec)
     spec = read_spec(request)
     weighted = isinstance(spec, TrainTripostSpec)
     hp = spec.resolved()
