@@ -1,7 +1,7 @@
 """TriPosT benchmark: a whole ``tripost`` job on the embedded model, on this machine.
 
     python bench/bench_tripost.py [--task multistep_arithmetic_seen] [--items 16]
-        [--iterations 3] [--eval-items 12] [--eval-tokens 512] [--no-gold]
+        [--iterations 3] [--eval-items 12] [--eval-tokens 512] [--shots 2] [--no-gold]
         [--out /tmp/bench-tripost]
 
 Starts its own redis-server and one worker (which serves each model the job trains itself)
@@ -47,7 +47,7 @@ def job_spec(args: argparse.Namespace) -> dict[str, Any]:
         "items": args.items,
         "iterations": args.iterations,
         "seed": args.seed,
-        "collect": {"few_shot": 2, "max_tokens": 384, "max_rounds": 3},
+        "collect": {"few_shot": args.shots, "max_tokens": 384, "max_rounds": 3},
         "train": {
             "epochs": args.epochs,
             "batch_size": 4,
@@ -57,7 +57,12 @@ def job_spec(args: argparse.Namespace) -> dict[str, Any]:
         },
         "dev_fraction": 0.0,
         "gold_sft": not args.no_gold,
-        "eval": {"items": args.eval_items, "max_rounds": 3, "max_tokens": args.eval_tokens},
+        "eval": {
+            "items": args.eval_items,
+            "max_rounds": 3,
+            "max_tokens": args.eval_tokens,
+            "few_shot": args.shots,
+        },
     }
 
 
@@ -140,6 +145,9 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=16, help="training questions")
     ap.add_argument("--iterations", type=int, default=3)
     ap.add_argument("--eval-items", type=int, default=12, help="questions per bucket")
+    ap.add_argument(
+        "--shots", type=int, default=2, help="worked examples for every model, trained or not"
+    )
     ap.add_argument("--eval-tokens", type=int, default=512, help="tokens per generation")
     ap.add_argument(
         "--no-gold", action="store_true", help="no stage 0: iteration 1 starts from the base model"

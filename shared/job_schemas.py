@@ -531,12 +531,13 @@ class TripostCollectOptions(Strict):
     max_tokens: int = Field(
         default=512, ge=16, le=4096, description="Most tokens of an attempt or an improvement."
     )
-    few_shot: int = Field(
-        default=3,
+    few_shot: int | None = Field(
+        default=None,
         ge=0,
         le=8,
-        description="Worked examples in the prompt of a model not trained on TriPosT's format "
-        "(a model trained on it attempts without).",
+        description="Worked examples in the attempts' prompt. Default: none for a model trained "
+        "on TriPosT's format, 3 for any other; a number applies to every model (a model "
+        "trained on a few samples may not yet write the format alone).",
     )
     improvement_ratio: float = Field(default=1.5, ge=0.0, description="Share of improvements.")
     non_improvement_ratio: float = Field(

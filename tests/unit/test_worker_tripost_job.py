@@ -350,6 +350,8 @@ async def test_tripost_collect_attempts_with_a_trained_model_without_examples(
     )
     extras = await stage.prepare(rt)
     assert extras["demos"] == [] and extras["model_path"] == str(folder)
+    asked = build_stage(spec.model_copy(update={"few_shot": 2}), JobKind.tripost_collect)
+    assert len((await asked.prepare(rt))["demos"]) == 2  # a number applies to every model
 
     async def check() -> None:
         return None

@@ -74,6 +74,8 @@ from shared.verify import (
 )
 
 QUESTIONS = "questions.jsonl"
+UNTRAINED_SHOTS = 3
+"""Worked examples for a model not trained on TriPosT's format, unless ``few_shot`` says."""
 REPORT = "report.json"
 STOP = ["\nQ:"]
 
@@ -149,22 +151,25 @@ class TripostCollectStage(Stage):
         """The agent's worked examples (the task's demos in TriPosT's format), fixed once; with
         ``model``, that model's folder, and none when it was trained on TriPosT's format."""
         opts = self.options
-        try:
-            task = get_task(opts.task)
-            demos = [tripost_demo(d, task.kind) for d in task.demos(opts.few_shot)]
-        except (UnknownTaskError, DataMissingError) as exc:
-            raise InputError(f"task: {exc}") from exc
         extras: dict[str, Any] = {
             "verifier": self.verifier_kind.value,
             "improver": self.improver_kind.value,
-            "description": task.description,
         }
+        trained = False
         if opts.model is not None:
             root = runtime.settings.artifacts_dir.expanduser()
             extras["model"] = opts.model
             extras["model_path"] = resolve_local_model(opts.model, runtime.settings)
-            if is_tripost_model(opts.model, root):
-                demos = []
+            trained = is_tripost_model(opts.model, root)
+        shots = opts.few_shot
+        if shots is None:
+            shots = 0 if trained else UNTRAINED_SHOTS
+        try:
+            task = get_task(opts.task)
+            demos = [tripost_demo(d, task.kind) for d in task.demos(shots)] if shots else []
+        except (UnknownTaskError, DataMissingError) as exc:
+            raise InputError(f"task: {exc}") from exc
+        extras["description"] = task.description
         extras["demos"] = [list(d) for d in demos]
         return extras
 
