@@ -365,28 +365,16 @@ PRESETS: dict[TrainPreset, dict[str, Any]] = {
 }
 
 
-class TrainDataSpec(Strict):
-    """Chat rows ``{"messages": [..., user: preceding, assistant: rationale]}`` as the
-    ``sft_data`` stage writes them (rows ``{"preceding", "rationale"}`` are accepted too)."""
+class TrainingData(Strict):
+    """Where a training job's rows come from: a data job's output (``job``; its own dev split)
+    or files on the worker (``train``, optional ``dev``); exactly one of the two."""
 
-    job: str | None = Field(
-        default=None,
-        pattern=JOB_ID_PATTERN,
-        description="A succeeded sft_data or rationale_pipeline job: its sft_data/train.jsonl "
-        "(and dev.jsonl for evaluation).",
-    )
+    job: str | None = Field(default=None, pattern=JOB_ID_PATTERN, description="A data job.")
     train: list[NonEmptyStr] | None = Field(
         default=None, min_length=1, description="Training files (JSONL) on the worker."
     )
     dev: list[NonEmptyStr] | None = Field(
         default=None, min_length=1, description="Evaluation files (JSONL) on the worker."
-    )
-    dev_fraction: float = Field(
-        default=0.05,
-        ge=0.0,
-        lt=1.0,
-        description="Without dev rows (no dev files, or an empty dev.jsonl): hold out this share "
-        "of the training rows (seeded) for the eval loss; 0 = no evaluation.",
     )
 
     @model_validator(mode="after")
@@ -396,6 +384,25 @@ class TrainDataSpec(Strict):
         if self.job is not None and self.dev is not None:
             raise ValueError("data.dev goes with data.train (a job brings its own dev split)")
         return self
+
+
+class TrainDataSpec(TrainingData):
+    """Chat rows ``{"messages": [..., user: preceding, assistant: rationale]}`` as the
+    ``sft_data`` stage writes them (rows ``{"preceding", "rationale"}`` are accepted too)."""
+
+    job: str | None = Field(
+        default=None,
+        pattern=JOB_ID_PATTERN,
+        description="A succeeded sft_data or rationale_pipeline job: its sft_data/train.jsonl "
+        "(and dev.jsonl for evaluation).",
+    )
+    dev_fraction: float = Field(
+        default=0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Without dev rows (no dev files, or an empty dev.jsonl): hold out this share "
+        "of the training rows (seeded) for the eval loss; 0 = no evaluation.",
+    )
 
 
 class TrainOptions(Strict):
@@ -647,7 +654,7 @@ class TripostTrainOptions(TrainOptions):
     )
 
 
-class TripostTrainData(Strict):
+class TripostTrainData(TrainingData):
     """Rows ``{"text", "feedback_start", "kind"}`` as ``tripost_collect`` writes them."""
 
     job: str | None = Field(
@@ -662,12 +669,6 @@ class TripostTrainData(Strict):
         description="With `job`: the rows' file inside the job's folder, e.g. "
         "`tripost_collect-2/output.jsonl`.",
     )
-    train: list[NonEmptyStr] | None = Field(
-        default=None, min_length=1, description="Training files (JSONL) on the worker."
-    )
-    dev: list[NonEmptyStr] | None = Field(
-        default=None, min_length=1, description="Evaluation files (JSONL) on the worker."
-    )
     dev_fraction: float = Field(
         default=0.05,
         ge=0.0,
@@ -677,13 +678,9 @@ class TripostTrainData(Strict):
     )
 
     @model_validator(mode="after")
-    def _one_source(self) -> Self:
-        if (self.job is None) == (self.train is None):
-            raise ValueError("give either data.job or data.train")
+    def _path_with_job(self) -> Self:
         if self.job is None and self.path is not None:
             raise ValueError("data.path goes with data.job")
-        if self.job is not None and self.dev is not None:
-            raise ValueError("data.dev goes with data.train")
         return self
 
 
@@ -965,7 +962,7 @@ fine-tune at a low learning rate and an effective batch of 64 (REFERENCE.md does
 Math-Shepherd's own hyperparameters: these are a starting point, not the paper's)."""
 
 
-class RewardTrainData(Strict):
+class RewardTrainData(TrainingData):
     """Stepwise rows ``{prompt, completions, labels, soft_labels}`` (PRM) or outcome rows
     ``{prompt, completion, label}`` (ORM), as a ``prm_labels`` job writes them."""
 
@@ -975,12 +972,6 @@ class RewardTrainData(Strict):
         description="A succeeded prm_labels job: its stepwise.jsonl (train_prm) or "
         "outcome.jsonl (train_orm).",
     )
-    train: list[NonEmptyStr] | None = Field(
-        default=None, min_length=1, description="Training files (JSONL) on the worker."
-    )
-    dev: list[NonEmptyStr] | None = Field(
-        default=None, min_length=1, description="Held-out files (JSONL) on the worker."
-    )
     dev_fraction: float = Field(
         default=0.2,
         ge=0.0,
@@ -988,14 +979,6 @@ class RewardTrainData(Strict):
         description="Without dev files: hold out this share of the problems (seeded; all "
         "solutions of a problem fall on one side) for the metrics; 0 = none.",
     )
-
-    @model_validator(mode="after")
-    def _one_source(self) -> Self:
-        if (self.job is None) == (self.train is None):
-            raise ValueError("give either data.job or data.train")
-        if self.job is not None and self.dev is not None:
-            raise ValueError("data.dev goes with data.train")
-        return self
 
 
 class RewardTrainOptions(TrainOptions):
