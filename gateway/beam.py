@@ -29,7 +29,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 
 from gateway.answering import find_repeats
-from gateway.heuristics import without_scorer
+from gateway.heuristics import without_reward, without_scorer
 from gateway.loop import (
     DEFAULT_ANSWER_GRACE_S,
     DOWN_ERRORS,
@@ -190,14 +190,18 @@ class BeamSearch(Reasoner):
     async def _score(self, pool: list[_Candidate], beams: list[Beam], index: int) -> None:
         """Score the whole pool in one call (the heuristic's rule for the rationale); after a
         scorer failure, as the degraded heuristic does."""
-        h = self.heuristic
         reward = getattr(self, "reward", None)
-        if h.kind.value in REWARD_HEURISTICS and reward is not None:
+        if self.heuristic.kind.value in REWARD_HEURISTICS and reward is not None:
             paths = [[*beams[c.beam].steps, c.text] for c in pool]
-            scored = await reward_scores(self, reward, paths, self.request.aggregation)
-            for c, (steps, value) in zip(pool, scored, strict=True):
-                c.score, c.value = steps[-1], value
-            return
+            try:
+                scored = await reward_scores(self, reward, paths, self.request.aggregation)
+            except DOWN_ERRORS as exc:  # as the step loop: likelihood from here on
+                self._degrade("reward", without_reward(self.heuristic.kind), index, exc)
+            else:
+                for c, (steps, value) in zip(pool, scored, strict=True):
+                    c.score, c.value = steps[-1], value
+                return
+        h = self.heuristic
         if h.uses_scorer:
             with_rationale = h.wants_rationale and not h.rationale_in_prompt
             items = [

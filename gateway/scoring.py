@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from gateway.heuristics import without_scorer
+from gateway.heuristics import without_reward, without_scorer
 from shared.errors import InvalidRequest
 from shared.gateway_schemas import Aggregation, Heuristic
 
@@ -180,7 +180,13 @@ class RewardSolutionScorer:
     async def score(
         self, solutions: Sequence[Sequence[str]], how: Aggregation
     ) -> list[ScoredSolution]:
-        scored = await reward_scores(self.run, self.reward, solutions, how)
+        from gateway.loop import DOWN_ERRORS
+
+        try:
+            scored = await reward_scores(self.run, self.reward, solutions, how)
+        except DOWN_ERRORS as exc:  # as the step loop: likelihood instead (strict: the error)
+            self.run._degrade("reward", without_reward(self.kind), 0, exc)
+            return await build_solution_scorer(self.run).score(solutions, how)
         return [ScoredSolution(s, v, [None] * len(s)) for s, v in scored]
 
 

@@ -161,3 +161,34 @@ async def test_chat_with_heuristic_prm_selects_steps_with_the_reward_service() -
     assert r.status_code == 200, r.text
     assert "The answer is: 5" in r.json()["choices"][0]["message"]["content"]
     assert len(reward.requests("reward")) == 2
+
+
+@pytest.mark.parametrize("strategy", ["beam", "best_of_n", "weighted_vote"])
+async def test_reward_down_mid_search_falls_back_to_likelihood_in_every_strategy(
+    strategy: str,
+) -> None:
+    from gateway.search import build_search, run_to_end
+
+    def propose(r: object) -> list[str]:
+        steps = getattr(r, "steps", [])
+        return ["The answer is: 5"] * r.n if steps else ["Add them.", "Guess."]  # type: ignore[attr-defined]
+
+    agent = FakeModelService(
+        "agent",
+        proposals=propose,
+        solutions=[["Add them.", "The answer is: 5"], ["Guess.", "The answer is: 6"]],
+    )
+    scorer = FakeModelService("scorer", scores={"Guess.": -0.1, "The answer is: 6": -0.1})
+    request = ReasonRequest(
+        question="What is 2 + 3?", heuristic="prm", strategy=strategy, n_beams=2, beam_width=1,
+        n=2, max_steps=3, seed=1,
+    )  # fmt: skip
+    ups = fake_upstreams(agent=agent, scorer=scorer, reward=reward_service(fail=DOWN))
+    res = await run_to_end(build_search(request, ups))  # type: ignore[arg-type]
+    assert res.heuristic_used is Heuristic.likelihood and res.answer is not None
+    (fallback,) = res.fallbacks
+    assert fallback.service == "reward" and fallback.to_heuristic is Heuristic.likelihood
+    assert scorer.requests("score"), "the scorer took over"
+    strict = request.model_copy(update={"strict": True})
+    with pytest.raises(ServiceUnavailable):
+        await run_to_end(build_search(strict, ups))  # type: ignore[arg-type]
