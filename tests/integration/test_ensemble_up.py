@@ -274,9 +274,11 @@ def test_up_restarts_its_redis_and_no_job_is_lost(ensemble: dict[str, str]) -> N
         time.sleep(0.02)
     assert seen[-1][0] == 200, seen[-5:]
     assert all(code in (200, 503) for code, _ in seen), seen
-    unavailable = [text for code, text in seen if code == 503]
-    assert unavailable, "the job API never answered 503 while Redis was down"
-    assert "Redis" in json.loads(unavailable[0])["error"]["message"]
+    # `up` restarts Redis at once: on a loaded machine the restart can come before the first
+    # request does; any 503 seen must name Redis (test_worker_api_redis_down_is_503 holds
+    # Redis down for as long as it needs)
+    for text in (text for code, text in seen if code == 503):
+        assert "Redis" in json.loads(text)["error"]["message"], text
     after = httpx.get(f"{gateway}/v1/jobs/{before['id']}", timeout=30).json()
     assert after["state"] == "succeeded" and after["stages"] == before["stages"]
     assert redis_pid(url) != pid

@@ -287,6 +287,29 @@ async def test_generate_is_safe_at_numeric_edges(
     assert engine.healthy() and engine.fatal is None
 
 
+async def test_rollout_on_the_vllm_engine(engine: Any) -> None:
+    """/v1/rollout's work on vLLM: the first step as one request with n samples, later steps
+    as concurrent requests vLLM batches; a seed reproduces the completions."""
+    from services.model_server.handlers import ModelService
+    from services.model_server.metrics import ModelMetrics
+    from shared.schemas import Role, RolloutRequest
+
+    settings = ModelServerSettings(role=Role.agent, max_model_len=MAX_MODEL_LEN)
+    service = ModelService(settings, engine, ModelMetrics())
+    req = RolloutRequest(
+        question="Tom has 3 apples and buys 5 more. How many?",
+        n=2, seed=3, max_steps=2, max_step_tokens=12, few_shot=[],
+    )  # fmt: skip
+    first = await service.rollout(req)
+    again = await service.rollout(req)
+    assert len(first.completions) == 2
+    for c in first.completions:
+        assert 1 <= len(c.steps) <= 2
+        assert all(s and s == s.strip() for s in c.steps)
+        assert c.completion_tokens > 0
+    assert [c.steps for c in again.completions] == [c.steps for c in first.completions]
+
+
 async def test_unstarted_engine_raises_engine_error(model_path: Path) -> None:
     from services.model_server.engines.vllm_engine import VllmEngine
 
@@ -323,26 +346,3 @@ async def test_close_is_final(engine: Any) -> None:
     assert not engine.healthy()
     with pytest.raises(EngineError):
         await engine.generate([1, 2, 3], SamplingParams(max_tokens=2))
-
-
-async def test_rollout_on_the_vllm_engine(engine: Any) -> None:
-    """/v1/rollout's work on vLLM: the first step as one request with n samples, later steps
-    as concurrent requests vLLM batches; a seed reproduces the completions."""
-    from services.model_server.handlers import ModelService
-    from services.model_server.metrics import ModelMetrics
-    from shared.schemas import Role, RolloutRequest
-
-    settings = ModelServerSettings(role=Role.agent, max_model_len=MAX_MODEL_LEN)
-    service = ModelService(settings, engine, ModelMetrics())
-    req = RolloutRequest(
-        question="Tom has 3 apples and buys 5 more. How many?",
-        n=2, seed=3, max_steps=2, max_step_tokens=12, few_shot=[],
-    )  # fmt: skip
-    first = await service.rollout(req)
-    again = await service.rollout(req)
-    assert len(first.completions) == 2
-    for c in first.completions:
-        assert 1 <= len(c.steps) <= 2
-        assert all(s and s == s.strip() for s in c.steps)
-        assert c.completion_tokens > 0
-    assert [c.steps for c in again.completions] == [c.steps for c in first.completions]

@@ -126,7 +126,7 @@ def test_worker_sft_job_artifacts_and_bad_records(jobs: JobsEnv, tmp_path: Path)
     assert status["state"] == "succeeded", status
     stage = status["stages"][0]
     assert stage["progress"] == {"shards_done": 3, "shards_total": 3, "records_done": 11,
-                                 "records_total": 11}  # fmt: skip
+                                 "records_total": 11, "rollouts_done": None}  # fmt: skip
     c = stage["counts"]
     assert (c["records_in"], c["records_kept"], c["records_failed"]) == (11, 9, 2)
     assert status["errors_total"] == 2
