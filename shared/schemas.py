@@ -229,6 +229,16 @@ class ScoreRequest(Strict):
             raise ValueError("context must hold at least one message")
         return v
 
+    @field_validator("contexts")
+    @classmethod
+    def _contexts_not_empty(
+        cls, v: list[list[ChatMessage] | str] | None
+    ) -> list[list[ChatMessage] | str] | None:
+        for i, c in enumerate(v or []):
+            if isinstance(c, list) and not c:
+                raise ValueError(f"contexts[{i}] must hold at least one message")
+        return v
+
     @field_validator("given")
     @classmethod
     def _given_per_continuation(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:

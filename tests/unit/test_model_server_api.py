@@ -237,6 +237,20 @@ async def test_score_continuations_of_several_contexts_in_one_batch(
     assert [job.texts[i][a:b] for i, (a, b) in enumerate(job.spans)] == ["A2.", "B2.", "A3."]
 
 
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [({"context": []}, "context"), ({"context": "Q", "contexts": ["A", []]}, "contexts")],
+)
+async def test_score_an_empty_chat_is_a_422_naming_it(
+    fake_engine, asgi_client, extra: dict[str, object], field: str
+) -> None:
+    body = {"context": "Q", "continuations": ["A", "B"], **extra}
+    async with asgi_client(create_app(settings(), engine=fake_engine)) as client:
+        r = await client.post("/v1/score", json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"].startswith(field)
+
+
 def test_aggregate_formulas() -> None:
     agg = aggregate([-1.0, -2.0, -3.0], 0.5)
     assert agg["sum"] == -6.0
