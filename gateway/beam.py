@@ -27,11 +27,11 @@ import math
 import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.answering import find_repeats
 from gateway.heuristics import without_reward, without_scorer
 from gateway.loop import (
-    DEFAULT_ANSWER_GRACE_S,
     DOWN_ERRORS,
     Reasoner,
     _both,
@@ -74,22 +74,9 @@ class BeamSearch(Reasoner):
     """One ``strategy: beam`` request; iterate :meth:`run` for tree nodes as they are decided,
     then the response."""
 
-    def __init__(
-        self,
-        request: ReasonRequest,
-        upstreams: Upstreams,
-        *,
-        max_deadline_s: float = 600.0,
-        request_id: str | None = None,
-        answer_grace_s: float = DEFAULT_ANSWER_GRACE_S,
-    ) -> None:
-        super().__init__(
-            request,
-            upstreams,
-            max_deadline_s=max_deadline_s,
-            request_id=request_id,
-            answer_grace_s=answer_grace_s,
-        )
+    def __init__(self, request: ReasonRequest, upstreams: Upstreams, **options: Any) -> None:
+        """``options`` as :class:`Reasoner`'s (deadline, request id, answer grace)."""
+        super().__init__(request, upstreams, **options)
         self.finished_beams: list[Beam] = []
         self.model_ms = 0.0
 

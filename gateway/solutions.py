@@ -26,8 +26,9 @@ import asyncio
 import math
 import time
 from collections.abc import AsyncGenerator
+from typing import Any
 
-from gateway.loop import DEFAULT_ANSWER_GRACE_S, Reasoner
+from gateway.loop import Reasoner
 from gateway.scoring import ScoredSolution, build_solution_scorer, rank_key
 from gateway.upstreams import Upstreams
 from shared.gateway_schemas import (
@@ -46,22 +47,9 @@ from shared.tasks.answers import canonical
 class SolutionsSearch(Reasoner):
     """One ``best_of_n`` / ``vote`` / ``weighted_vote`` request."""
 
-    def __init__(
-        self,
-        request: ReasonRequest,
-        upstreams: Upstreams,
-        *,
-        max_deadline_s: float = 600.0,
-        request_id: str | None = None,
-        answer_grace_s: float = DEFAULT_ANSWER_GRACE_S,
-    ) -> None:
-        super().__init__(
-            request,
-            upstreams,
-            max_deadline_s=max_deadline_s,
-            request_id=request_id,
-            answer_grace_s=answer_grace_s,
-        )
+    def __init__(self, request: ReasonRequest, upstreams: Upstreams, **options: Any) -> None:
+        """``options`` as :class:`Reasoner`'s (deadline, request id, answer grace)."""
+        super().__init__(request, upstreams, **options)
         self.solutions: list[RolloutCompletion] = []
         self.scored: list[ScoredSolution] | None = None
         self.answers: dict[str, float] = {}
