@@ -128,10 +128,21 @@ def test_up_gives_each_model_service_its_share_of_the_cores(ensemble: dict[str, 
 
 def test_client_that_disconnects_stops_the_model_work(ensemble: dict[str, str]) -> None:
     gateway = ensemble["gateway"]
-    assert wait_until_idle(ensemble, within_s=60)
-    before = [decoded(ensemble[role]) for role in ROLES]
-    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
-        httpx.post(f"{gateway}/v1/reason", json=LONG_SEARCH, timeout=httpx.Timeout(6, connect=5))
+    for seed in (3, 4, 5, 6):
+        assert wait_until_idle(ensemble, within_s=60)
+        before = [decoded(ensemble[role]) for role in ROLES]
+        try:  # the client gives up after 6 s and closes its connection
+            r = httpx.post(
+                f"{gateway}/v1/reason",
+                json={**LONG_SEARCH, "seed": seed},
+                timeout=httpx.Timeout(6, connect=5),
+            )
+        except httpx.ReadTimeout:
+            break
+        # A sampled trajectory that reaches its answer within 6 s leaves nothing to stop.
+        assert r.status_code == 200 and r.json()["finished"] is True, r.text
+    else:
+        pytest.fail("every search answered before the client gave up")
     assert sum(decoded(ensemble[role]) for role in ROLES) > sum(before)  # it was working
     idle = wait_until_idle(ensemble, within_s=20)
     assert idle, "model services were still decoding 20 s after the client left"
