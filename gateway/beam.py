@@ -23,7 +23,7 @@ cancellation and budget follow :class:`~gateway.loop.Reasoner`.
 from __future__ import annotations
 
 import asyncio
-import math
+import functools
 import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
@@ -212,34 +212,11 @@ class BeamSearch(Reasoner):
         beams = [Beam()]
         last_cost = 0
         for index in range(self.request.max_steps):
-            if self.cancelled:
-                self.warnings.append(f"cancelled before step {index}")
+            expand = functools.partial(self._expand, index, beams)
+            done = await self._guarded_step(index, deadline, last_cost, expand)
+            if done is None:
                 break
-            if self._over_budget(index, last_cost):
-                break
-            spent = self.budget_tokens()
-            timeout = asyncio.timeout_at(deadline if math.isfinite(deadline) else None)
-            try:
-                async with timeout:
-                    self._step_timeout = timeout
-                    nodes, live = await self._expand(index, beams)
-            except TimeoutError:
-                if not timeout.expired():
-                    raise
-                if self.cancelled:
-                    self.warnings.append(
-                        f"cancelled during step {index}; returning the best so far"
-                    )
-                else:
-                    self.deadline_reached = True
-                    self.warnings.append(
-                        f"deadline of {self.deadline_s:g}s reached during step {index}; "
-                        "returning the best so far"
-                    )
-                break
-            finally:
-                self._step_timeout = None
-            last_cost = self.budget_tokens() - spent
+            (nodes, live), last_cost = done
             for node in nodes:
                 yield node
             if self.out_of_candidates:

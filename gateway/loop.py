@@ -36,11 +36,12 @@ Nothing here imports FastAPI; :mod:`gateway.handlers` maps results and errors to
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import random
 import time
-from collections.abc import AsyncGenerator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -711,42 +712,54 @@ class Reasoner(_Run):
         )
         return True
 
+    async def _guarded_step(
+        self, index: int, deadline: float, last_cost: int, step: Callable[[], Awaitable[T]]
+    ) -> tuple[T, int] | None:
+        """Run one search step under the search's deadline, with what it cost in budget
+        tokens; None, with the reason in the warnings, when the search stops before or during
+        it: cancelled, out of ``max_tokens_budget`` (a next step costing about ``last_cost``),
+        or past the deadline. ``cancel()`` ends a step in flight through the same timeout."""
+        if self.cancelled:
+            self.warnings.append(f"cancelled before step {index}")
+            return None
+        if self._over_budget(index, last_cost):
+            return None
+        spent = self.budget_tokens()
+        timeout = asyncio.timeout_at(deadline if math.isfinite(deadline) else None)
+        try:
+            async with timeout:
+                self._step_timeout = timeout
+                result = await step()
+        except TimeoutError:
+            if not timeout.expired():
+                raise
+            if self.cancelled:
+                self.warnings.append(f"cancelled during step {index}; returning the best so far")
+            else:
+                self.deadline_reached = True
+                self.warnings.append(
+                    f"deadline of {self.deadline_s:g}s reached during step {index}; "
+                    "returning the best so far"
+                )
+            return None
+        finally:
+            self._step_timeout = None
+        return result, self.budget_tokens() - spent
+
     async def run(self) -> AsyncGenerator[StepTrace | TreeNode | ReasonResponse, None]:
         """Yield each step's trace as it is chosen and its tree nodes, then the response."""
         start = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + self.deadline_s
         last_cost = 0
         for index in range(self.request.max_steps):
-            if self.cancelled:
-                self.warnings.append(f"cancelled before step {index}")
+            done = await self._guarded_step(
+                index, deadline, last_cost, functools.partial(self._step, index)
+            )
+            if done is None:
                 break
-            if self._over_budget(index, last_cost):
+            trace, last_cost = done
+            if trace is None:  # no usable candidate
                 break
-            spent = self.budget_tokens()
-            timeout = asyncio.timeout_at(deadline if math.isfinite(deadline) else None)
-            try:
-                async with timeout:
-                    self._step_timeout = timeout
-                    trace = await self._step(index)
-            except TimeoutError:
-                if not timeout.expired():
-                    raise
-                if self.cancelled:
-                    self.warnings.append(
-                        f"cancelled during step {index}; returning the steps chosen so far"
-                    )
-                    break
-                self.deadline_reached = True
-                self.warnings.append(
-                    f"deadline of {self.deadline_s:g}s reached during step {index}; "
-                    "returning the steps chosen so far"
-                )
-                break
-            finally:
-                self._step_timeout = None
-            if trace is None:
-                break
-            last_cost = self.budget_tokens() - spent
             self.steps.append(trace.step)
             self.trace.append(trace)
             yield trace
