@@ -33,14 +33,12 @@ import asyncio
 import collections
 import json
 import re
-import signal
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
@@ -49,12 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.ensemble import (
     ServiceProcess,
-    free_port,
-    gateway_command,
-    model_service_command,
-    start_process,
+    exit_on_sigterm,
+    start_ensemble,
     stop_processes,
-    wait_ready,
 )
 from services.worker.evaluation.stats import mcnemar_exact_p, wilson_interval
 from shared.tasks import TaskItem, check_answer, get_task
@@ -300,37 +295,6 @@ class Bench:
                 self.methods[name].outcomes.append(Outcome(**outcome))
 
 
-def start_ensemble(args: argparse.Namespace, procs: list[ServiceProcess]) -> str:
-    log_dir = Path(tempfile.mkdtemp(prefix="bench-answers-"))
-    env = {"MODEL_SERVER_REQUEST_TIMEOUT_S": str(args.timeout)}
-    if args.threads:
-        env["MODEL_SERVER_THREADS"] = str(args.threads)
-    urls: dict[str, str] = {}
-    for role in ("rationalyst", "agent", "scorer"):
-        port = free_port()
-        urls[role] = f"http://127.0.0.1:{port}"
-        cmd = model_service_command(role, port, model=args.model)
-        procs.append(start_process(role, cmd, urls[role], log_dir=log_dir, env=env))
-    gw_port = free_port()
-    url = f"http://127.0.0.1:{gw_port}"
-    procs.append(
-        start_process(
-            "gateway",
-            gateway_command(gw_port, urls),
-            url,
-            log_dir=log_dir,
-            env={"GATEWAY_LOG_LEVEL": "WARNING", "GATEWAY_UPSTREAM_TIMEOUT_S": str(args.timeout)},
-        )
-    )
-    print(f"waiting for services (logs in {log_dir}) ...", file=sys.stderr)
-    wait_ready(procs, timeout_s=900)
-    return url
-
-
-def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--n", type=int, default=40, help="Problems (at least 40 for the README).")
@@ -347,7 +311,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None, help="Write per-problem records (JSONL).")
     p.add_argument("--replay", type=Path, default=None, help="Report an earlier --out file.")
     args = p.parse_args()
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # stop the children on `kill`/`timeout`
+    exit_on_sigterm()
     if args.replay:
         bench = Bench(args, "")
         bench.replay(args.replay)
@@ -356,7 +320,14 @@ def main() -> None:
 
     procs: list[ServiceProcess] = []
     try:
-        url = args.url.rstrip("/") if args.url else start_ensemble(args, procs)
+        if args.url:
+            url = args.url.rstrip("/")
+        else:
+            log_dir = Path(tempfile.mkdtemp(prefix="bench-answers-"))
+            url, _ = start_ensemble(
+                procs, log_dir=log_dir, model=args.model, threads=args.threads,
+                timeout_s=args.timeout,
+            )  # fmt: skip
         bench = Bench(args, url)
         start = time.perf_counter()
         asyncio.run(bench.run())

@@ -39,14 +39,12 @@ import asyncio
 import contextlib
 import math
 import os
-import signal
 import statistics
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
@@ -55,13 +53,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.ensemble import (
     ServiceProcess,
-    free_port,
-    gateway_command,
-    model_service_command,
-    start_process,
+    exit_on_sigterm,
+    start_ensemble,
     stop_processes,
-    thread_envs,
-    wait_ready,
 )
 from gateway.prompts import scoring_context
 from shared.answers import contains_end_phrase
@@ -424,10 +418,6 @@ async def main_async(args: argparse.Namespace, urls: dict[str, str], gateway_url
         await abandoned(args, urls, gateway_url)
 
 
-def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--requests", type=int, default=8)
@@ -450,40 +440,17 @@ def main() -> None:
     for role in ("rationalyst", "agent", "scorer"):
         p.add_argument(f"--{role}-url", default=None)
     args = p.parse_args()
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # stop the children on `kill`/`timeout`
+    exit_on_sigterm()
 
     procs: list[ServiceProcess] = []
     log_dir = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     try:
-        urls: dict[str, str] = {}
-        # The services must not time out before the client does on a loaded machine.
-        env = {"MODEL_SERVER_REQUEST_TIMEOUT_S": str(args.timeout)}
-        given = {"MODEL_SERVER_THREADS": str(args.threads)} if args.threads else {}
-        threads = thread_envs(("rationalyst", "agent", "scorer"), environ=given)
-        for role in ("rationalyst", "agent", "scorer"):
-            given = getattr(args, f"{role}_url")
-            if given:
-                urls[role] = given
-                continue
-            port = free_port()
-            urls[role] = f"http://127.0.0.1:{port}"
-            cmd = model_service_command(role, port, model=args.model)
-            role_env = {**env, **threads[role]}
-            procs.append(start_process(role, cmd, urls[role], log_dir=log_dir, env=role_env))
-            SERVICE_PIDS.append(procs[-1].pid)
-        gw_port = free_port()
-        gateway_url = f"http://127.0.0.1:{gw_port}"
-        procs.append(
-            start_process(
-                "gateway",
-                gateway_command(gw_port, urls),
-                gateway_url,
-                log_dir=log_dir,
-                env={"GATEWAY_LOG_LEVEL": "WARNING", "GATEWAY_UPSTREAM_TIMEOUT_S": "1800"},
-            )
-        )
-        print(f"waiting for services (logs in {log_dir}) ...", file=sys.stderr)
-        wait_ready(procs, timeout_s=900)
+        given = {role: getattr(args, f"{role}_url") for role in ("rationalyst", "agent", "scorer")}
+        gateway_url, urls = start_ensemble(
+            procs, log_dir=log_dir, model=args.model, threads=args.threads,
+            timeout_s=args.timeout, urls=given,
+        )  # fmt: skip
+        SERVICE_PIDS.extend(p.pid for p in procs if p.name != "gateway")
         asyncio.run(main_async(args, urls, gateway_url))
     finally:
         stop_processes(procs)

@@ -28,14 +28,12 @@ import argparse
 import asyncio
 import math
 import platform
-import signal
 import sys
 import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
@@ -46,13 +44,9 @@ from gateway.ensemble import (
     ROLES,
     ServiceProcess,
     available_cores,
-    free_port,
-    gateway_command,
-    model_service_command,
-    start_process,
+    exit_on_sigterm,
+    start_ensemble,
     stop_processes,
-    thread_envs,
-    wait_ready,
 )
 
 QUESTIONS = [
@@ -249,10 +243,6 @@ async def main_async(gateway: str, procs: list[ServiceProcess], args: argparse.N
     summary(levels, args)
 
 
-def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--levels", default="1,2,4,8,16,32", help="Concurrencies, rising.")
@@ -270,38 +260,27 @@ def main() -> None:
     p.add_argument("--model", default=None, help="Model for the services (default: embedded).")
     p.add_argument("--threads", type=int, default=None, help="Threads per model service.")
     args = p.parse_args()
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # stop the children on `kill`/`timeout`
+    exit_on_sigterm()
 
     procs: list[ServiceProcess] = []
     log_dir = Path(tempfile.mkdtemp(prefix="bench-load-"))
     try:
-        given = {"MODEL_SERVER_THREADS": str(args.threads)} if args.threads else {}
-        threads = thread_envs(ROLES, environ=given)
-        urls: dict[str, str] = {}
-        for role in ROLES:
-            port = free_port()
-            urls[role] = f"http://127.0.0.1:{port}"
-            env = {"MODEL_SERVER_REQUEST_TIMEOUT_S": str(args.deadline * 4), **threads[role]}
-            cmd = model_service_command(role, port, model=args.model)
-            procs.append(start_process(role, cmd, urls[role], log_dir=log_dir, env=env))
-        gw_port = free_port()
-        gateway = f"http://127.0.0.1:{gw_port}"
         gw_env = {
-            "GATEWAY_LOG_LEVEL": "WARNING",
             "GATEWAY_MAX_CONCURRENT_REQUESTS": str(args.max_concurrent),
             "GATEWAY_MAX_QUEUED_REQUESTS": str(args.max_queued),
             "GATEWAY_QUEUE_TIMEOUT_S": str(args.queue_timeout),
             "GATEWAY_MAX_DEADLINE_S": str(args.deadline),
             "GATEWAY_UPSTREAM_TIMEOUT_S": str(args.deadline * 2),
         }
-        cmd = gateway_command(gw_port, urls)
-        procs.append(start_process("gateway", cmd, gateway, log_dir=log_dir, env=gw_env))
-        print(f"waiting for services (logs in {log_dir}) ...", file=sys.stderr)
-        wait_ready(procs, timeout_s=900)
+        gateway, urls = start_ensemble(
+            procs, log_dir=log_dir, model=args.model, threads=args.threads,
+            timeout_s=args.deadline * 4, gateway_env=gw_env,
+        )  # fmt: skip
+        threads = httpx.get(f"{urls[ROLES[0]]}/ready", timeout=10).json().get("threads")
         cores = len(available_cores())
         print(
             f"{platform.machine()}, {cores} cores, threads per model service "
-            f"{threads[ROLES[0]]['MODEL_SERVER_THREADS']}; admission "
+            f"{threads}; admission "
             f"{args.max_concurrent} running + {args.max_queued} queued (queue timeout "
             f"{args.queue_timeout:g}s); deadline {args.deadline:g}s; {args.duration:g}s per level;"
             f" reason: max_steps {args.max_steps}, n_candidates {args.n_candidates}, "

@@ -26,14 +26,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import statistics
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
@@ -42,13 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.ensemble import (
     ServiceProcess,
-    free_port,
-    gateway_command,
-    model_service_command,
-    start_process,
+    exit_on_sigterm,
+    start_ensemble,
     stop_processes,
-    thread_envs,
-    wait_ready,
 )
 from services.worker.evaluation.stats import wilson_interval
 from shared.tasks import check_answer, get_task
@@ -197,10 +191,6 @@ async def main_async(args: argparse.Namespace, gateway_url: str) -> None:
             await accuracy(args, client)
 
 
-def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--questions", type=int, default=2, help="Questions per part and task.")
@@ -216,38 +206,16 @@ def main() -> None:
     for role in ("rationalyst", "agent", "scorer"):
         p.add_argument(f"--{role}-url", default=None)
     args = p.parse_args()
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    exit_on_sigterm()
 
     procs: list[ServiceProcess] = []
     log_dir = Path(tempfile.mkdtemp(prefix="bench-strategies-"))
     try:
-        urls: dict[str, str] = {}
-        env = {"MODEL_SERVER_REQUEST_TIMEOUT_S": str(args.timeout)}
-        given = {"MODEL_SERVER_THREADS": str(args.threads)} if args.threads else {}
-        threads = thread_envs(("rationalyst", "agent", "scorer"), environ=given)
-        for role in ("rationalyst", "agent", "scorer"):
-            url = getattr(args, f"{role}_url")
-            if url:
-                urls[role] = url
-                continue
-            port = free_port()
-            urls[role] = f"http://127.0.0.1:{port}"
-            cmd = model_service_command(role, port, model=args.model)
-            role_env = {**env, **threads[role]}
-            procs.append(start_process(role, cmd, urls[role], log_dir=log_dir, env=role_env))
-        gw_port = free_port()
-        gateway_url = f"http://127.0.0.1:{gw_port}"
-        procs.append(
-            start_process(
-                "gateway",
-                gateway_command(gw_port, urls),
-                gateway_url,
-                log_dir=log_dir,
-                env={"GATEWAY_LOG_LEVEL": "WARNING", "GATEWAY_UPSTREAM_TIMEOUT_S": "1800"},
-            )
-        )
-        print(f"waiting for services (logs in {log_dir}) ...", file=sys.stderr)
-        wait_ready(procs, timeout_s=900)
+        given = {role: getattr(args, f"{role}_url") for role in ("rationalyst", "agent", "scorer")}
+        gateway_url, _ = start_ensemble(
+            procs, log_dir=log_dir, model=args.model, threads=args.threads,
+            timeout_s=args.timeout, urls=given,
+        )  # fmt: skip
         asyncio.run(main_async(args, gateway_url))
     finally:
         stop_processes(procs)

@@ -285,6 +285,59 @@ def wait_ready(
         time.sleep(poll_s)
 
 
+def start_ensemble(
+    procs: list[ServiceProcess],
+    *,
+    log_dir: Path,
+    model: str | None = None,
+    threads: int | None = None,
+    timeout_s: float = 1800.0,
+    urls: Mapping[str, str | None] | None = None,
+    gateway_env: Mapping[str, str] | None = None,
+    ready_timeout_s: float = 900.0,
+) -> tuple[str, dict[str, str]]:
+    """Start the model services of :data:`ROLES` that ``urls`` does not give and a gateway on
+    all of them, and wait until every one is ready: the gateway's URL and the services'.
+
+    Each process goes into ``procs`` as it starts, so the caller stops them (also when this
+    raises). The services share the cores by the launcher's budget (``threads`` for each
+    instead, when given), and calls may take ``timeout_s`` in the services and the gateway, so
+    that on a loaded machine nothing times out before the client does. For scripts that
+    measure the ensemble (``bench/``); ``rationalyst up`` supervises its own."""
+    given = {THREADS_VAR: str(threads)} if threads else {}
+    budget = thread_envs(ROLES, environ=given)
+    service_urls: dict[str, str] = {}
+    for role in ROLES:
+        url = (urls or {}).get(role)
+        if url:
+            service_urls[role] = url
+            continue
+        port = free_port()
+        service_urls[role] = f"http://127.0.0.1:{port}"
+        env = {"MODEL_SERVER_REQUEST_TIMEOUT_S": str(timeout_s), **budget[role]}
+        cmd = model_service_command(role, port, model=model)
+        procs.append(start_process(role, cmd, service_urls[role], log_dir=log_dir, env=env))
+    port = free_port()
+    gateway_url = f"http://127.0.0.1:{port}"
+    env = {"GATEWAY_LOG_LEVEL": "WARNING", "GATEWAY_UPSTREAM_TIMEOUT_S": str(timeout_s)}
+    env.update(gateway_env or {})
+    cmd = gateway_command(port, service_urls)
+    procs.append(start_process("gateway", cmd, gateway_url, log_dir=log_dir, env=env))
+    print(f"waiting for services (logs in {log_dir}) ...", file=sys.stderr)
+    wait_ready(procs, timeout_s=ready_timeout_s)
+    return gateway_url, service_urls
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (``kill``, ``timeout``) into SystemExit, so that a script's ``finally``
+    stops the processes it started."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def _signal_group(p: ServiceProcess, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(p.pid, sig)  # the child leads its own group (start_new_session)
