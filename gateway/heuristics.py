@@ -89,24 +89,6 @@ class RationalystHeuristic:
         return await _rank_by_scorer(candidates, rationale, score)
 
 
-class ExplicitRationalystHeuristic:
-    """Explicit supervision: the agent proposes with the rationale; the scorer's likelihood
-    without the rationale ranks the candidates."""
-
-    kind = Heuristic.rationalyst_explicit
-    wants_rationale = True
-    rationale_in_prompt = True
-    uses_scorer = True
-
-    def num_candidates(self, requested: int) -> int:
-        return requested
-
-    async def rank(
-        self, candidates: Sequence[str], rationale: str | None, score: ScoreFn
-    ) -> Ranking:
-        return await _rank_by_scorer(candidates, None, score)
-
-
 class LikelihoodHeuristic:
     """Mean log P(candidate | trajectory) under the scorer, no rationale."""
 
@@ -122,6 +104,15 @@ class LikelihoodHeuristic:
         self, candidates: Sequence[str], rationale: str | None, score: ScoreFn
     ) -> Ranking:
         return await _rank_by_scorer(candidates, None, score)
+
+
+class ExplicitRationalystHeuristic(LikelihoodHeuristic):
+    """Explicit supervision: the agent proposes with the rationale; the scorer's likelihood
+    without the rationale ranks the candidates."""
+
+    kind = Heuristic.rationalyst_explicit
+    wants_rationale = True
+    rationale_in_prompt = True
 
 
 class RandomHeuristic:

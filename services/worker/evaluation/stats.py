@@ -40,6 +40,21 @@ def median(values: Iterable[float | None]) -> float | None:
     return statistics.median(xs) if xs else None
 
 
+def accuracy_fields(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The records of a cell that did not fail, and the accuracy fields every cell shares:
+    ``n`` (records without an error), ``correct``, ``accuracy`` with its Wilson interval, and
+    ``errors`` (failed records, left out of the accuracy)."""
+    ok = [r for r in rows if not r.get("error")]
+    n = len(ok)
+    correct = sum(1 for r in ok if r["correct"])
+    low, high = wilson_interval(correct, n)
+    fields = {
+        "n": n, "correct": correct, "accuracy": correct / n if n else None,
+        "ci_low": low, "ci_high": high, "errors": len(rows) - n,
+    }  # fmt: skip
+    return ok, fields
+
+
 class CellStats(BaseModel):
     """Results of one (task, heuristic) cell of an accuracy evaluation.
 
@@ -83,23 +98,16 @@ def eval_cells(
                 for r in records
                 if r["task"] == task and r.get("method", r["heuristic"]) == heuristic
             ]
-            ok = [r for r in rows if not r.get("error")]
-            n = len(ok)
-            correct = sum(1 for r in ok if r["correct"])
+            ok, fields = accuracy_fields(rows)
+            n = fields["n"]
             unparsed = sum(1 for r in ok if not r["parsed"])
-            low, high = wilson_interval(correct, n)
             cells.append(
                 CellStats(
                     task=task,
                     heuristic=heuristic,
-                    n=n,
-                    correct=correct,
-                    accuracy=correct / n if n else None,
-                    ci_low=low,
-                    ci_high=high,
+                    **fields,
                     unparsed=unparsed,
                     unparsed_rate=unparsed / n if n else None,
-                    errors=len(rows) - n,
                     finished_rate=sum(1 for r in ok if r.get("finished")) / n if n else None,
                     mean_steps=mean(r.get("n_steps") for r in ok),
                     mean_tokens=mean(r.get("tokens", {}).get("total") for r in ok),
@@ -140,10 +148,7 @@ def selection_cells(
     for task in tasks:
         for heuristic in heuristics:
             rows = [r for r in records if r["task"] == task and r["heuristic"] == heuristic]
-            ok = [r for r in rows if not r.get("error")]
-            n = len(ok)
-            correct = sum(1 for r in ok if r["correct"])
-            low, high = wilson_interval(correct, n)
+            ok, fields = accuracy_fields(rows)
             kinds: dict[str, int] = {}
             for r in ok:
                 kind = str(r.get("chosen_kind"))
@@ -152,13 +157,8 @@ def selection_cells(
                 SelectionCellStats(
                     task=task,
                     heuristic=heuristic,
-                    n=n,
-                    correct=correct,
-                    accuracy=correct / n if n else None,
-                    ci_low=low,
-                    ci_high=high,
+                    **fields,
                     chance=1.0 / k,
-                    errors=len(rows) - n,
                     mean_gold_rank=mean(r.get("gold_rank") for r in ok),
                     chosen_kinds=dict(sorted(kinds.items())),
                     mean_latency_s=mean(r.get("latency_s") for r in ok),
@@ -360,21 +360,15 @@ def self_improve_cells(
     for task in tasks:
         for label in labels:
             rows = [r for r in records if r["task"] == task and r["label"] == label]
-            ok = [r for r in rows if not r.get("error")]
-            n = len(ok)
-            correct = sum(1 for r in ok if r["correct"])
+            ok, fields = accuracy_fields(rows)
+            n = fields["n"]
             first = sum(1 for r in ok if r["first_correct"])
-            low, high = wilson_interval(correct, n)
             f_low, f_high = wilson_interval(first, n)
             cells.append(
                 SelfImproveCellStats(
                     task=task,
                     heuristic=label,
-                    n=n,
-                    correct=correct,
-                    accuracy=correct / n if n else None,
-                    ci_low=low,
-                    ci_high=high,
+                    **fields,
                     first_correct=first,
                     first_accuracy=first / n if n else None,
                     first_ci_low=f_low,
@@ -384,7 +378,6 @@ def self_improve_cells(
                     mean_rounds=mean(r.get("rounds") for r in ok),
                     said_correct=sum(1 for r in ok if r.get("said_correct")),
                     unparsed=sum(1 for r in ok if not r.get("parsed")),
-                    errors=len(rows) - n,
                 )
             )
     return cells
