@@ -405,6 +405,24 @@ class TrainDataSpec(TrainingData):
     )
 
 
+class TrainedModel(Strict):
+    """What every training job names: a label, the rows it may use, the model it starts from
+    and the registry name of the model it makes."""
+
+    name: str | None = Field(default=None, max_length=200, description="A label for listings.")
+    limit: int | None = Field(default=None, ge=1, description="Train on the first N rows only.")
+    base_model: NonEmptyStr = Field(
+        default="smollm2-135m-instruct",
+        description="A model folder, a models-cache name or a registered model, on the worker.",
+    )
+    model_name: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
+        description="Registry name of the trained model (default: the job kind's prefix, "
+        "rationalyst, tripost, prm or orm, and the job id: rationalyst-<job id>).",
+    )
+
+
 class TrainOptions(Strict):
     """Hyperparameters of a fine-tune with TRL's SFTTrainer. Those left out come from
     ``preset``; the resolved values are recorded with the model."""
@@ -474,7 +492,7 @@ class TrainOptions(Strict):
         return out
 
 
-class TrainRationalystSpec(TrainOptions):
+class TrainRationalystSpec(TrainOptions, TrainedModel):
     """Fine-tune a rationale model on chat rows with TRL's SFTTrainer (loss on the assistant
     turn only), export it as a Hugging Face folder and register it under ``model_name``.
 
@@ -483,18 +501,7 @@ class TrainRationalystSpec(TrainOptions):
     """
 
     kind: Literal[JobKind.train_rationalyst]
-    name: str | None = Field(default=None, max_length=200, description="A label for listings.")
     data: TrainDataSpec
-    limit: int | None = Field(default=None, ge=1, description="Train on the first N rows only.")
-    base_model: NonEmptyStr = Field(
-        default="smollm2-135m-instruct",
-        description="A model folder, a models-cache name or a registered model, on the worker.",
-    )
-    model_name: str | None = Field(
-        default=None,
-        pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
-        description="Registry name of the trained model (default: rationalyst-<job id>).",
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -684,24 +691,13 @@ class TripostTrainData(TrainingData):
         return self
 
 
-class TrainTripostSpec(TripostTrainOptions):
+class TrainTripostSpec(TripostTrainOptions, TrainedModel):
     """Fine-tune a model on TriPosT samples (TRL's SFTTrainer with the weighted loss), export
     it and register it under ``model_name``; it then attempts, writes its own feedback and
     updates its answer (the gateway's ``strategy: self_improve``)."""
 
     kind: Literal[JobKind.train_tripost]
-    name: str | None = Field(default=None, max_length=200, description="A label for listings.")
     data: TripostTrainData
-    limit: int | None = Field(default=None, ge=1, description="Train on the first N rows only.")
-    base_model: NonEmptyStr = Field(
-        default="smollm2-135m-instruct",
-        description="A model folder, a models-cache name or a registered model, on the worker.",
-    )
-    model_name: str | None = Field(
-        default=None,
-        pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
-        description="Registry name of the trained model (default: tripost-<job id>).",
-    )
 
 
 FeedbackSource = Literal["self", "verifier"]
@@ -981,24 +977,13 @@ class RewardTrainData(TrainingData):
     )
 
 
-class RewardTrainOptions(TrainOptions):
+class RewardTrainOptions(TrainOptions, TrainedModel):
     """A reward model fine-tuned with transformers' Trainer: the base model's body with a
     classification head read at the step tag (:mod:`shared.reward`)."""
 
     presets: ClassVar[dict[TrainPreset, dict[str, Any]]] = REWARD_PRESETS
 
-    name: str | None = Field(default=None, max_length=200, description="A label for listings.")
     data: RewardTrainData
-    limit: int | None = Field(default=None, ge=1, description="Train on the first N rows only.")
-    base_model: NonEmptyStr = Field(
-        default="smollm2-135m-instruct",
-        description="A model folder, a models-cache name or a registered model, on the worker.",
-    )
-    model_name: str | None = Field(
-        default=None,
-        pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
-        description="Registry name of the trained model (default: prm-<job id> / orm-<job id>).",
-    )
     step_tag: str | None = Field(
         default=None,
         min_length=1,
