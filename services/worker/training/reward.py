@@ -270,6 +270,7 @@ def train_reward(paths: TrainPaths, request: dict[str, Any], spec: RewardSpec) -
         _precision,
         _progress_callback,
         last_complete_checkpoint,
+        trainer_arguments,
     )
 
     prm = isinstance(spec, TrainPrmSpec)
@@ -373,33 +374,8 @@ def train_reward(paths: TrainPaths, request: dict[str, Any], spec: RewardSpec) -
 
     has_dev = bool(dev_rows)
     args = TrainingArguments(
-        output_dir=str(paths.checkpoints),
-        num_train_epochs=float(hp["epochs"]),
-        max_steps=int(hp.get("max_steps", -1)),
-        learning_rate=float(hp["learning_rate"]),
-        per_device_train_batch_size=int(hp["batch_size"]),
-        per_device_eval_batch_size=int(hp["batch_size"]),
-        gradient_accumulation_steps=int(hp["gradient_accumulation_steps"]),
-        lr_scheduler_type=str(hp["lr_scheduler"]),
-        warmup_steps=float(hp["warmup_ratio"]),
-        weight_decay=spec.weight_decay,
-        logging_steps=spec.logging_steps,
-        logging_first_step=True,
-        eval_strategy=("steps" if spec.eval_steps else "epoch") if has_dev else "no",
-        eval_steps=spec.eval_steps,
-        save_strategy="steps",
-        save_steps=spec.save_steps,
-        save_total_limit=spec.save_total_limit,
-        seed=spec.seed,
-        data_seed=spec.seed,
-        use_cpu=device == "cpu",
-        bf16=bf16,
-        fp16=dtype == torch.float16,
-        gradient_checkpointing=spec.gradient_checkpointing,
+        **trainer_arguments(spec, hp, paths, has_dev=has_dev),
         remove_unused_columns=False,
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
     )
     resume = last_complete_checkpoint(paths.checkpoints)
     resumed_from = int(resume.name.split("-")[1]) if resume else None

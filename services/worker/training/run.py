@@ -97,6 +97,46 @@ def _precision(spec: TrainOptions) -> tuple[str, Any, bool]:
     return device, weights, bf16
 
 
+def trainer_arguments(
+    spec: TrainOptions, hp: dict[str, Any], paths: TrainPaths, *, has_dev: bool
+) -> dict[str, Any]:
+    """The ``TrainingArguments`` every trainer here shares: the resolved hyperparameters
+    ``hp``, checkpoints in ``paths`` every ``save_steps`` (a restarted job resumes there),
+    evaluation when there is a dev set, the spec's precision, no progress bar (progress goes
+    to the job's status) and no reporting to outside services."""
+    import torch
+
+    device, dtype, bf16 = _precision(spec)
+    return {
+        "output_dir": str(paths.checkpoints),
+        "num_train_epochs": float(hp["epochs"]),
+        "max_steps": int(hp.get("max_steps", -1)),
+        "learning_rate": float(hp["learning_rate"]),
+        "per_device_train_batch_size": int(hp["batch_size"]),
+        "per_device_eval_batch_size": int(hp["batch_size"]),
+        "gradient_accumulation_steps": int(hp["gradient_accumulation_steps"]),
+        "lr_scheduler_type": str(hp["lr_scheduler"]),
+        "warmup_steps": float(hp["warmup_ratio"]),  # below 1: a share of the steps
+        "weight_decay": spec.weight_decay,
+        "logging_steps": spec.logging_steps,
+        "logging_first_step": True,
+        "eval_strategy": ("steps" if spec.eval_steps else "epoch") if has_dev else "no",
+        "eval_steps": spec.eval_steps,
+        "save_strategy": "steps",
+        "save_steps": spec.save_steps,
+        "save_total_limit": spec.save_total_limit,
+        "seed": spec.seed,
+        "data_seed": spec.seed,
+        "use_cpu": device == "cpu",
+        "bf16": bf16,
+        "fp16": dtype == torch.float16,
+        "gradient_checkpointing": spec.gradient_checkpointing,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+    }
+
+
 def _progress_callback(paths: TrainPaths, resumed_from: int | None, parent: int) -> Any:
     from transformers import TrainerCallback
 
@@ -248,35 +288,10 @@ def train(paths: TrainPaths) -> int:
 
     has_dev = bool(dev_rows)
     args = SFTConfig(
-        output_dir=str(paths.checkpoints),
-        num_train_epochs=float(hp["epochs"]),
-        max_steps=int(hp.get("max_steps", -1)),
-        learning_rate=float(hp["learning_rate"]),
-        per_device_train_batch_size=int(hp["batch_size"]),
-        per_device_eval_batch_size=int(hp["batch_size"]),
-        gradient_accumulation_steps=int(hp["gradient_accumulation_steps"]),
-        lr_scheduler_type=str(hp["lr_scheduler"]),
-        warmup_steps=float(hp["warmup_ratio"]),
-        weight_decay=spec.weight_decay,
-        logging_steps=spec.logging_steps,
-        logging_first_step=True,
-        eval_strategy=("steps" if spec.eval_steps else "epoch") if has_dev else "no",
-        eval_steps=spec.eval_steps,
-        save_strategy="steps",
-        save_steps=spec.save_steps,
-        save_total_limit=spec.save_total_limit,
-        seed=spec.seed,
-        data_seed=spec.seed,
-        use_cpu=device == "cpu",
-        bf16=bf16,
-        fp16=dtype == torch.float16,
-        gradient_checkpointing=spec.gradient_checkpointing,
+        **trainer_arguments(spec, hp, paths, has_dev=has_dev),
         max_length=int(hp["max_length"]),
         dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=not weighted,  # the weights reach the collator and the loss
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
     )
     resume = last_complete_checkpoint(paths.checkpoints)
     resumed_from = int(resume.name.split("-")[1]) if resume else None
