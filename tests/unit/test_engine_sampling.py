@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from services.model_server.engines.base import GREEDY_BELOW, SamplingParams
+from services.model_server.engines.in_process import is_fatal
 from services.model_server.engines.transformers_engine import (
     TransformersEngine,
     _Batch,
-    _is_fatal,
     _Request,
     _Row,
     _row_seed,
@@ -126,12 +126,13 @@ def test_nan_logits_fail_only_their_row() -> None:
         (RuntimeError("probability tensor contains either `inf`, `nan` or element < 0"), False),
         (ValueError("bad shape"), False),
         (MemoryError(), True),
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
         (RuntimeError("CUDA error: an illegal memory access was encountered"), True),
         (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
     ],
 )
 def test_only_unrecoverable_failures_are_fatal(exc: BaseException, fatal: bool) -> None:
-    assert _is_fatal(exc) is fatal
+    assert is_fatal(exc) is fatal
 
 
 def test_a_failing_call_leaves_the_engine_healthy_unless_fatal() -> None:

@@ -5,22 +5,23 @@ The model folder must carry ``reward.json`` (:data:`shared.reward.REWARD_CONFIG_
 step tag id, label mode) and a classification architecture; anything else fails at start-up
 with a message saying what the folder is and how to make a reward model. A call scores every
 solution of a request in one padded forward pass (right padding; the PRM reads the head at the
-tag positions, the ORM at the last real token, the tag after the solution).
+tag positions, the ORM at the last real token, the tag after the solution). Model calls run
+guarded on the engine's worker thread (:class:`~.in_process.InProcessEngine`): a failure is a
+503 for that request, and out-of-memory or a CUDA error marks the engine failed for a reload.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from services.model_server.engines.base import Completion, SamplingParams, ScoreJob, TokenWindow
-from services.model_server.engines.device import default_threads, pick_device, pick_dtype
+from services.model_server.engines.device import pick_device, pick_dtype
+from services.model_server.engines.in_process import InProcessEngine, load_pretrained
 from services.model_server.settings import ModelServerSettings
-from shared.errors import EngineError, InvalidRequest
+from shared.errors import InvalidRequest
 from shared.reward import REWARD_CONFIG_FILE, RewardInput, RewardKind, probabilities
 
 logger = logging.getLogger(__name__)
@@ -59,70 +60,37 @@ def read_reward_config(model_path: str) -> dict[str, Any]:
     return config
 
 
-class TransformersRewardEngine:
+class TransformersRewardEngine(InProcessEngine):
     """A reward model behind the parts of the :class:`Engine` interface the service uses
     (start, close, healthy, tokenizer, max_model_len) plus :meth:`reward`. Generation and
     scoring are refused: a reward service serves ``/v1/reward`` only."""
 
     kind = "transformers"
+    checkpoint = "reward model"
+    thread_name = "reward-engine"
 
     def __init__(self, settings: ModelServerSettings, model_path: str) -> None:
-        self.settings = settings
-        self.model_path = str(model_path)
-        self.model_name = settings.name
+        super().__init__(settings, model_path)
         self.config = read_reward_config(self.model_path)  # fails fast, before any load
         self.reward_kind: RewardKind = self.config["kind"]
         self.step_tag_id: int = int(self.config["step_tag_id"])
-        self.max_model_len = settings.max_model_len or 0
-        self.tokenizer: Any = None
-        self.threads: int | None = None
-        self._model: Any = None
-        self._device = "cpu"
         self._pad_id = 0
-        self._executor: ThreadPoolExecutor | None = None
-        self._started = False
-        self._closed = False
-        self.fatal: str | None = None
-
-    async def start(self) -> None:
-        if self._started:
-            return
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward-engine")
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._executor, self._load)
-        except Exception as exc:
-            self._executor.shutdown(wait=False)
-            self._executor = None
-            raise EngineError(f"failed to load reward model {self.model_path}: {exc}") from exc
-        self._started = True
 
     def _load(self) -> None:
-        import torch
         from transformers import (
             AutoModelForSequenceClassification,
             AutoModelForTokenClassification,
-            AutoTokenizer,
         )
 
-        from services.model_server.engines.transformers_engine import configure_threads
-
-        self.threads = configure_threads(self.settings.threads or default_threads())
-        self._device = pick_device(self.settings.device)
-        dtype = getattr(torch, pick_dtype(self.settings.dtype, self._device))
         auto = (
             AutoModelForTokenClassification
             if self.reward_kind == "prm"
             else AutoModelForSequenceClassification
         )
-        tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        model: Any = auto.from_pretrained(self.model_path, dtype=dtype)
-        model.to(self._device)
-        model.eval()
-        limits = [
-            n for n in (self.settings.max_model_len, model.config.max_position_embeddings) if n
-        ]
-        self.max_model_len = int(min(limits)) if limits else 2048
+        loaded = load_pretrained(auto, self.model_path, self.settings)
+        tokenizer, model = loaded.tokenizer, loaded.model
+        self.threads, self._device = loaded.threads, loaded.device
+        self.max_model_len = loaded.max_model_len
         pad = (
             tokenizer.pad_token_id
             if tokenizer.pad_token_id is not None
@@ -139,18 +107,6 @@ class TransformersRewardEngine:
             self.max_model_len,
         )
 
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._executor is not None:
-            await asyncio.to_thread(self._executor.shutdown, wait=True)
-            self._executor = None
-        self._model = None
-
-    def healthy(self) -> bool:
-        return self._started and not self._closed and self.fatal is None
-
     async def generate(self, prompt_ids: list[int], params: SamplingParams) -> list[Completion]:
         raise InvalidRequest("this model service is a reward model: it serves /v1/reward only")
 
@@ -159,11 +115,10 @@ class TransformersRewardEngine:
 
     async def reward(self, inputs: list[RewardInput]) -> list[list[float]]:
         """P(good) at each tag of each input (PRM), or the one outcome score (ORM), from
-        one batched forward pass."""
-        if self._executor is None or self._closed:
-            raise EngineError("engine is closed" if self._closed else "engine is not started")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._reward_sync, inputs)
+        one batched forward pass. A model failure is an EngineError (503) naming it; one that
+        leaves the engine unusable also sets :attr:`fatal`."""
+        self._check_open()
+        return await self._run(self._reward_sync, inputs)
 
     def _reward_sync(self, inputs: list[RewardInput]) -> list[list[float]]:
         import torch
@@ -176,10 +131,9 @@ class TransformersRewardEngine:
         for i, x in enumerate(inputs):
             ids[i, : len(x.input_ids)] = torch.tensor(x.input_ids, dtype=torch.long)
             mask[i, : len(x.input_ids)] = 1
-        with torch.inference_mode():
-            logits = self._model(
-                input_ids=ids.to(self._device), attention_mask=mask.to(self._device)
-            ).logits.float()
+        logits = self._model(
+            input_ids=ids.to(self._device), attention_mask=mask.to(self._device)
+        ).logits.float()
         out: list[list[float]] = []
         for i, x in enumerate(inputs):
             if self.reward_kind == "prm":

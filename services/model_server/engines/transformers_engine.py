@@ -1,7 +1,7 @@
 """The transformers engine: a Hugging Face causal LM in-process, on CPU or one GPU.
 
 Threading. Every piece of model work (loading, prefill, each decode step, each scoring pass)
-runs on ONE dedicated worker thread (a single-thread executor), under
+runs on ONE dedicated worker thread (:class:`~.in_process.InProcessEngine`), under
 ``torch.inference_mode``. The event loop only schedules: it never touches a tensor. Because the
 decode loop is submitted one step at a time, a scoring job queued behind a long generation
 waits for at most one decode step, not for the whole generation.
@@ -37,9 +37,8 @@ import logging
 import secrets
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from transformers.cache_utils import DynamicLayer
@@ -55,15 +54,13 @@ from services.model_server.engines.base import (
     common_prefix_len,
     prepare,
 )
-from services.model_server.engines.device import default_threads, pick_device, pick_dtype
+from services.model_server.engines.in_process import InProcessEngine, load_pretrained
 from services.model_server.engines.prefix_cache import MISS, PrefixCache
 from services.model_server.engines.prefix_cache import rows as prefix_rows
 from services.model_server.settings import ModelServerSettings
 from shared.errors import EngineError, InvalidRequest, ServiceError
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # A scoring pass holds at most this many suffix tokens (padded tokens in the padded path),
 # which bounds the logits (tokens x vocabulary) and attention scores it materializes.
@@ -128,7 +125,7 @@ class _Batch:
     mergeable: bool
 
 
-class TransformersEngine:
+class TransformersEngine(InProcessEngine):
     """A transformers ``AutoModelForCausalLM`` behind the :class:`Engine` interface.
 
     Hooks (optional, called on the event loop; exceptions in them are logged and ignored):
@@ -146,21 +143,16 @@ class TransformersEngine:
     """
 
     kind = "transformers"
+    checkpoint = "model"
+    thread_name = "tf-engine"
 
     def __init__(self, settings: ModelServerSettings, model_path: str) -> None:
-        self.settings = settings
-        self.model_path = str(model_path)
-        self.model_name = settings.name
-        self.max_model_len = settings.max_model_len or 0
-        self.tokenizer: Any = None
+        super().__init__(settings, model_path)
         self.on_batch: Callable[[str, int], None] | None = None
         self.on_tokens: Callable[[str, int], None] | None = None
         self.on_prefix: Callable[[str, int], None] | None = None
         self.on_work: Callable[[str, int], None] | None = None
-        self.threads: int | None = None
         self._prefix = PrefixCache(settings.prefix_cache_tokens)
-        self._model: Any = None
-        self._device = "cpu"
         self._dtype = torch.float32
         self._eos: frozenset[int] = frozenset()
         self._pad_id = 0
@@ -168,13 +160,9 @@ class TransformersEngine:
         self._keeps_logits = False
         self._packable = False
         self._mergeable = False
-        self._executor: ThreadPoolExecutor | None = None
         self._scheduler: asyncio.Task[None] | None = None
         self._pending: deque[_Row] = deque()
         self._wake = asyncio.Event()
-        self._started = False
-        self._closed = False
-        self.fatal: str | None = None  # why the engine can no longer serve (reload it)
 
     # ----------------------------------------------------------------------------------------
     # Lifecycle
@@ -182,46 +170,25 @@ class TransformersEngine:
     async def start(self) -> None:
         if self._started:
             return
-        if self._closed:
-            raise EngineError("engine is closed")
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tf-engine")
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._executor, self._load)
-        except Exception as exc:
-            self._executor.shutdown(wait=False)
-            self._executor = None
-            raise EngineError(f"failed to load model {self.model_path}: {exc}") from exc
+        await super().start()
         self._wake = asyncio.Event()
         self._scheduler = asyncio.create_task(self._schedule(), name="tf-engine-scheduler")
-        self._started = True
 
     def _load(self) -> None:
         """Load tokenizer and model (on the worker thread, so its torch thread settings hold
         where the model runs)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        self.threads = configure_threads(self.settings.threads or default_threads())
-        self._device = pick_device(self.settings.device)
-        dtype_name = pick_dtype(self.settings.dtype, self._device)
-        self._dtype = getattr(torch, dtype_name)
-        tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        tokenizer.padding_side = "left"  # the engine pads by hand; left suits generation
-        model: Any = AutoModelForCausalLM.from_pretrained(
+        loaded = load_pretrained(
+            AutoModelForCausalLM,
             self.model_path,
-            dtype=self._dtype,
-            **attention_kwargs(self.settings.attention, self._device),
+            self.settings,
+            lambda device: attention_kwargs(self.settings.attention, device),
         )
-        model.to(self._device)
-        model.eval()
-
-        config = model.config.get_text_config(decoder=True)
-        limits = [
-            n
-            for n in (self.settings.max_model_len, getattr(config, "max_position_embeddings", None))
-            if n
-        ]
-        self.max_model_len = int(min(limits)) if limits else 2048
+        tokenizer, model = loaded.tokenizer, loaded.model
+        tokenizer.padding_side = "left"  # the engine pads by hand; left suits generation
+        self.threads, self._device, self._dtype = loaded.threads, loaded.device, loaded.dtype
+        self.max_model_len = loaded.max_model_len
 
         eos: set[int] = set()
         if tokenizer.eos_token_id is not None:
@@ -244,7 +211,7 @@ class TransformersEngine:
             "loaded %s on %s (%s, %d threads); max_model_len=%d",
             self.model_path,
             self._device,
-            dtype_name,
+            loaded.dtype_name,
             torch.get_num_threads(),
             self.max_model_len,
         )
@@ -260,61 +227,13 @@ class TransformersEngine:
             self._scheduler = None
         self._fail_rows(list(self._pending), EngineError("engine closed"))
         self._pending.clear()
-        if self._executor is not None:
-            # Lets a running step finish; queued work sees ``_closed`` and fails fast.
-            await asyncio.to_thread(self._executor.shutdown, wait=True)
-            self._executor = None
-        self._model = None
+        await self._stop_worker()  # a running step finishes; queued work fails fast
         self._prefix.clear()
         if self._device.startswith("cuda"):
             torch.cuda.empty_cache()
 
-    def healthy(self) -> bool:
-        """False before start, after close, and after a model failure (torch runtime error or
-        out-of-memory) until a later model call succeeds."""
-        return self._started and not self._closed and self.fatal is None
-
     # ----------------------------------------------------------------------------------------
-    # Worker thread plumbing
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise EngineError("engine is closed")
-        if not self._started:
-            raise EngineError("engine is not started")
-
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the worker thread; errors come back as ServiceErrors."""
-        if self._executor is None:
-            raise EngineError("engine is closed" if self._closed else "engine is not started")
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, self._guarded, fn, *args)
-        except RuntimeError as exc:  # executor shut down under us
-            if self._closed:
-                raise EngineError("engine closed") from exc
-            raise
-
-    def _guarded(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run model work; a failure fails the call (503), and only a failure that leaves the
-        engine unusable (out of memory, a CUDA error) marks it :attr:`fatal`."""
-        if self._closed or self._model is None:
-            raise EngineError("engine closed")
-        try:
-            with torch.inference_mode():
-                return fn(*args)
-        except ServiceError:
-            raise
-        except Exception as exc:
-            message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-            if _is_fatal(exc):
-                self.fatal = f"{type(exc).__name__}: {message}"
-                if self._device.startswith("cuda"):
-                    torch.cuda.empty_cache()
-            logger.exception("model call %s failed (fatal=%s)", fn.__name__, self.fatal is not None)
-            raise EngineError(
-                f"model failure in {fn.__name__}: {type(exc).__name__}: {message}"
-            ) from exc
+    # Hooks
 
     def _hook(self, hook: Callable[[str, int], None] | None, kind: str, n: int) -> None:
         if hook is None:
@@ -934,28 +853,6 @@ class TransformersEngine:
         if current:
             chunks.append(current)
         return chunks
-
-
-def _is_fatal(exc: BaseException) -> bool:
-    """Whether a failure leaves the engine unusable (rather than failing one call): memory
-    exhausted, or a CUDA error, after which the device state cannot be trusted."""
-    if isinstance(exc, MemoryError | torch.OutOfMemoryError):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and any(
-        marker in text for marker in ("CUDA", "CUBLAS", "cuDNN", "out of memory", "device-side")
-    )
-
-
-def configure_threads(threads: int) -> int:
-    """Size torch's CPU thread pools: ``threads`` intra-op threads and a single inter-op
-    thread (the engine runs one model call at a time, so a pool of them would only compete
-    with the intra-op threads of co-located services). Returns the intra-op threads in use."""
-    torch.set_num_threads(threads)
-    # Settable only before the first inter-op work; later calls keep the pool there is.
-    with contextlib.suppress(RuntimeError):
-        torch.set_num_interop_threads(1)
-    return int(torch.get_num_threads())
 
 
 def _takes_custom_masks(model: Any) -> bool:
