@@ -384,29 +384,54 @@ def list_models(
     gateway: GatewayOpt = DEFAULT_GATEWAY,
     api_key: ApiKeyOpt = None,
 ) -> None:
-    """List trained models: name, base, data, metrics, folder."""
+    """List trained models: name, kind, base, data, held-out metric, folder."""
     from rich.console import Console
     from rich.table import Table
 
     models = _call(gateway, api_key, "GET", "/v1/registry/models").json()["models"]
-    table = Table("name", "base", "method", "rows", "steps", "eval loss", "job", "path")
+    table = Table("name", "kind", "base", "method", "rows", "steps", "eval", "job", "path")
     for m in models:
         metrics, train = m.get("metrics", {}), m.get("data", {}).get("train", {})
-        before, after = metrics.get("eval_loss_before"), metrics.get("eval_loss")
-        eval_loss = "-"
-        if after is not None:
-            eval_loss = f"{before:.3f} → {after:.3f}" if before is not None else f"{after:.3f}"
+        kind = m.get("kind", "rationalyst")
         table.add_row(
             m["name"],
+            kind,
             m["base_model"],
             m["method"],
             str(train.get("kept", "-")),
             str(int(metrics["steps"])) if metrics.get("steps") is not None else "-",
-            eval_loss,
+            eval_summary(kind, metrics),
             m.get("job_id") or "-",
             m["path"],
         )
     Console().print(table)
+
+
+EVAL_METRICS: dict[str, list[tuple[str, str, str]]] = {
+    "prm": [
+        ("auroc", "step_auroc_before", "step_auroc_after"),
+        ("accuracy", "step_accuracy_before", "step_accuracy_after"),
+    ],
+    "orm": [
+        ("auroc", "solution_auroc_before", "solution_auroc_after"),
+        ("accuracy", "solution_accuracy_before", "solution_accuracy_after"),
+    ],
+}
+"""Per kind, the held-out metrics ``models list`` shows, the first the card has: a reward
+model's AUROC, else its accuracy (AUROC is None when the held-out rows hold one class only);
+any other model's eval loss."""
+EVAL_LOSS = [("loss", "eval_loss_before", "eval_loss")]
+
+
+def eval_summary(kind: str, metrics: dict[str, Any]) -> str:
+    """The held-out metric before → after training, named (``loss 1.310 → 0.770``,
+    ``auroc 0.620 → 0.640``), or ``-`` when the card has none (no held-out rows)."""
+    for label, before_key, after_key in EVAL_METRICS.get(kind, EVAL_LOSS):
+        before, after = metrics.get(before_key), metrics.get(after_key)
+        if after is not None:
+            values = f"{before:.3f} → {after:.3f}" if before is not None else f"{after:.3f}"
+            return f"{label} {values}"
+    return "-"
 
 
 def show_model(
