@@ -96,7 +96,11 @@ class FakeModelService:
         await self._enter("rationale", req)
         text = self.rationale_text(req) if callable(self.rationale_text) else self.rationale_text
         return RationaleResponse(
-            rationale=text, mean_logprob=-0.5, num_tokens=len(text.split()), finish_reason="stop"
+            rationale=text,
+            mean_logprob=-0.5,
+            num_tokens=len(text.split()),
+            finish_reason="stop",
+            prompt_tokens=_prompt_words(req.question, *req.steps),
         )
 
     async def propose(self, req: ProposeRequest) -> ProposeResponse:
@@ -114,7 +118,8 @@ class FakeModelService:
                     text=t, mean_logprob=-0.4, num_tokens=len(t.split()), finish_reason="stop"
                 )
                 for t in texts
-            ]
+            ],
+            prompt_tokens=_prompt_words(req.question, *req.steps, req.rationale or ""),
         )
 
     async def score(self, req: ScoreRequest) -> ScoreResponse:
@@ -198,6 +203,11 @@ class FakeModelService:
 
     async def aclose(self) -> None:
         self.closed = True
+
+
+def _prompt_words(*texts: str) -> int:
+    """A fake prompt's token count: the words of what the real prompt is built from."""
+    return sum(len(t.split()) for t in texts)
 
 
 def _after_prefix(prefix: str, text: str) -> str:
