@@ -249,7 +249,10 @@ class _Run:
 
     def budget_tokens(self) -> int:
         """Generated tokens of every service plus the tokens the scorer and the reward model
-        scored."""
+        scored. The prompts the agent and the rationalyst read are in :meth:`usage`, not
+        here: the budget bounds the search's own work, what it writes and what it scores to
+        choose, while a generator's prompt is mostly the same demos at every call (prefix-
+        cached by the engines) and would otherwise spend a small budget on step 0 alone."""
         generated = sum(c.completion_tokens or 0 for c in self.counters.values())
         scored = sum(self.counters[s].prompt_tokens or 0 for s in ("scorer", "reward"))
         return generated + scored
@@ -297,7 +300,7 @@ class _Run:
             if self.heuristic.wants_rationale:  # beams asking at once degrade once
                 self._degrade("rationalyst", without_rationale(self.heuristic.kind), step, exc)
             return None
-        self.count("rationalyst", "rationale", completion=res.num_tokens)
+        self.count("rationalyst", "rationale", prompt=res.prompt_tokens, completion=res.num_tokens)
         return res
 
     async def score(
@@ -512,7 +515,8 @@ class Reasoner(_Run):
         )
         phase = "answer" if prefix else "propose"
         res = await self._call("agent", self.upstreams.agent.propose(req), phase)
-        self.count("agent", phase, completion=sum(c.num_tokens for c in res.candidates))
+        completion = sum(c.num_tokens for c in res.candidates)
+        self.count("agent", phase, prompt=res.prompt_tokens, completion=completion)
         return res
 
     async def _step(self, index: int, *, forced: bool = False) -> StepTrace | None:

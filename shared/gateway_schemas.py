@@ -364,7 +364,11 @@ class RoundTrace(Strict):
 
 class ServiceUsage(Strict):
     calls: int = 0
-    prompt_tokens: int | None = Field(default=None, description="Where the service reports it.")
+    prompt_tokens: int | None = Field(
+        default=None,
+        description="Tokens of the prompts the service read, over its calls (a propose call's "
+        "n candidates share one prompt, counted once); None when no call reported any.",
+    )
     completion_tokens: int | None = Field(default=None, description="Tokens generated.")
 
 
@@ -381,7 +385,8 @@ class Usage(Strict):
     budget_tokens: int = Field(
         default=0,
         description="Tokens counted against `max_tokens_budget`: generated (all services) + "
-        "scored (the scorer's prompt tokens).",
+        "scored (the scorer's and the reward model's prompt tokens); the prompts the agent "
+        "and the rationalyst read are not counted.",
     )
 
 

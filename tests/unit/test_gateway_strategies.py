@@ -238,6 +238,7 @@ async def test_step_budget_stop_and_usage_per_phase() -> None:
     assert res.budget_reached and res.finish is Finish.budget and len(res.steps) == 1
     u = res.usage
     assert u.budget_tokens == (u.agent.completion_tokens or 0) + (u.scorer.prompt_tokens or 0)
+    assert (u.agent.prompt_tokens or 0) > 0  # reported in usage, not spent from the budget
     assert u.phases["propose"].calls == 1 and u.phases["score"].calls == 1
     assert any("max_tokens_budget" in w for w in res.warnings)
 
