@@ -43,6 +43,7 @@ from shared.schemas import (
     RolloutUsage,
     ScoreRequest,
     ScoreResponse,
+    TokenLogprob,
 )
 from shared.steps import is_finished, solution_answer
 
@@ -128,12 +129,26 @@ class FakeModelService:
             values = list(self.scores(req))
         else:
             values = [self.scores.get(c, self.default_score) for c in req.continuations]
+        texts = req.continuations
+
+        def tokens(i: int, v: float) -> list[TokenLogprob] | None:
+            """With ``return_tokens``: the continuation as one token of log-prob ``v``."""
+            if not req.return_tokens or i >= len(texts):
+                return None
+            return [TokenLogprob(token=texts[i], logprob=v)]
+
         return ScoreResponse(
             scores=[
                 ContinuationScore(
-                    score=v, sum=v, mean=v, decayed_sum=v, decayed_mean=v, num_tokens=1
+                    score=v,
+                    sum=v,
+                    mean=v,
+                    decayed_sum=v,
+                    decayed_mean=v,
+                    num_tokens=1,
+                    tokens=tokens(i, v),
                 )
-                for v in values
+                for i, v in enumerate(values)
             ],
             prompt_tokens=100 + len(values),
         )

@@ -241,7 +241,8 @@ class SearchOptions(Strict):
     trace_tokens: bool = Field(
         default=False,
         description="Each scored candidate's per-token log-probabilities under the scorer in "
-        "its trace (`candidates[].tokens`), as the /ui page colours them.",
+        "its trace (`trace[].candidates[].tokens`) and its tree node (`tree[].tokens`; beam "
+        "and the solution strategies have only the tree), as the /ui page colours them.",
     )
 
 
@@ -416,6 +417,11 @@ class TreeNode(Strict):
     )
     warnings: list[str] = Field(
         default_factory=list, description="E.g. a service that failed at this node's step."
+    )
+    tokens: list[TokenLogprob] | None = Field(
+        default=None,
+        description="With `trace_tokens`: the step's tokens and their log-probabilities "
+        "under the scorer in its last scoring (None when the scorer did not score it).",
     )
 
 

@@ -351,4 +351,12 @@ async def test_trace_tokens_asks_the_scorer_for_token_logprobs(trace_tokens: boo
         r = await c.post("/v1/reason", json=body)
     assert r.status_code == 200, r.text
     assert [q.return_tokens for q in scorer.requests("score")] == [trace_tokens]
-    assert all(c["tokens"] is None for c in r.json()["trace"][0]["candidates"])  # fake: none
+    # the fake scores each continuation as one token: its text at its score
+    distinct = [c for c in r.json()["trace"][0]["candidates"] if c["duplicate_of"] is None]
+    assert len(distinct) == 2
+    want = [
+        [{"token": c["text"], "logprob": c["score"]}] if trace_tokens else None for c in distinct
+    ]
+    assert [c["tokens"] for c in distinct] == want
+    nodes = [n for n in r.json()["tree"] if n["depth"] == 0]
+    assert [n["tokens"] for n in nodes] == want  # the step's tree nodes carry them too
