@@ -155,9 +155,11 @@ class BeamSearch(Reasoner):
                 answer=extract_answer(c.text) if done else None,
                 timings_ms=ms,
                 warnings=notes if not nodes else [],
+                tokens=self.scored_tokens(beams[c.beam].steps, c.text),
             )
             nodes.append(node)
             by_index[i] = node
+        self._tokens.clear()
         self.tree.extend(nodes)
         live: list[Beam] = []
         for i in ranked[: self._slots()]:

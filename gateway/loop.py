@@ -228,7 +228,9 @@ class _Run:
         self.phase: str | None = None
         """Set by a strategy to file the next calls under a phase other than the default."""
         self.trace_tokens = False  # per-token log-probs of scored candidates in their traces
-        self._tokens: dict[str, list[TokenLogprob] | None] = {}
+        self._tokens: dict[tuple[tuple[str, ...], str], list[TokenLogprob] | None] = {}
+        """With ``trace_tokens``: per (prefix steps, candidate), its tokens in its last
+        scoring; read into traces and tree nodes, then cleared."""
 
     # -- accounting ---------------------------------------------------------------------------
 
@@ -249,7 +251,10 @@ class _Run:
 
     def budget_tokens(self) -> int:
         """Generated tokens of every service plus the tokens the scorer and the reward model
-        scored."""
+        scored. The prompts the agent and the rationalyst read are in :meth:`usage`, not
+        here: the budget bounds the search's own work, what it writes and what it scores to
+        choose, while a generator's prompt is mostly the same demos at every call (prefix-
+        cached by the engines) and would otherwise spend a small budget on step 0 alone."""
         generated = sum(c.completion_tokens or 0 for c in self.counters.values())
         scored = sum(self.counters[s].prompt_tokens or 0 for s in ("scorer", "reward"))
         return generated + scored
@@ -297,7 +302,7 @@ class _Run:
             if self.heuristic.wants_rationale:  # beams asking at once degrade once
                 self._degrade("rationalyst", without_rationale(self.heuristic.kind), step, exc)
             return None
-        self.count("rationalyst", "rationale", completion=res.num_tokens)
+        self.count("rationalyst", "rationale", prompt=res.prompt_tokens, completion=res.num_tokens)
         return res
 
     async def score(
@@ -313,7 +318,10 @@ class _Run:
         res = await self._call("scorer", self.upstreams.scorer.score(req))
         self.count("scorer", "score", prompt=res.prompt_tokens)
         if self.trace_tokens:
-            self._tokens.update((c, s.tokens) for c, s in zip(candidates, res.scores, strict=False))
+            prefix = tuple(steps)
+            self._tokens.update(
+                ((prefix, c), s.tokens) for c, s in zip(candidates, res.scores, strict=False)
+            )
         if len(res.scores) != len(candidates):
             raise ServiceUnavailable(
                 f"scorer returned {len(res.scores)} scores for {len(candidates)} continuations"
@@ -326,7 +334,9 @@ class _Run:
         """Score continuations of several prefixes: ``(steps, candidate, rationale)`` each, as
         the next step after its prefix (and rationale), in one /v1/score call per
         :data:`SCORE_BATCH` continuations (one call for every pool up to that size; chunks of
-        a larger one run concurrently). Each distinct (prefix, rationale) is one context."""
+        a larger one run concurrently). Each distinct (prefix, rationale) is one context.
+        With ``trace_tokens``, each continuation's tokens are kept for :meth:`scored_tokens`
+        (the tree nodes' colouring), as :meth:`score` keeps them for the step trace."""
         chunks = [items[i : i + SCORE_BATCH] for i in range(0, len(items), SCORE_BATCH)]
         results = await asyncio.gather(*(self._score_chunk(c) for c in chunks))
         return [score for chunk in results for score in chunk]
@@ -344,10 +354,14 @@ class _Run:
             context_index=[keys[(tuple(st), r)] for st, _, r in items] if len(keys) > 1 else None,
             continuations=[c for _, c, _ in items],
             decay=self.decay,
-            return_tokens=False,
+            return_tokens=self.trace_tokens,
         )
         res = await self._call("scorer", self.upstreams.scorer.score(req))
         self.count("scorer", "score", prompt=res.prompt_tokens)
+        if self.trace_tokens:
+            self._tokens.update(
+                ((tuple(st), c), s.tokens) for (st, c, _), s in zip(items, res.scores, strict=False)
+            )
         if len(res.scores) != len(items):
             raise ServiceUnavailable(
                 f"scorer returned {len(res.scores)} scores for {len(items)} continuations"
@@ -399,12 +413,17 @@ class _Run:
         by_index = dict(zip(distinct, ranking.scores, strict=True))
         for i, trace in enumerate(traces):
             trace.score = by_index.get(i if trace.duplicate_of is None else trace.duplicate_of)
-            if self.trace_tokens and trace.duplicate_of is None:
-                trace.tokens = self._tokens.get(trace.text)
+            if trace.duplicate_of is None:
+                trace.tokens = self.scored_tokens(steps, trace.text)
         self._tokens.clear()
         return _Selection(
             traces, distinct[ranking.chosen], duplicates, score_ms, self.heuristic.kind
         )
+
+    def scored_tokens(self, steps: Sequence[str], text: str) -> list[TokenLogprob] | None:
+        """With ``trace_tokens``: ``text``'s tokens and log-probs after ``steps`` in its last
+        scoring by the scorer (None without, or when the scorer did not score it)."""
+        return self._tokens.get((tuple(steps), text))
 
     async def _rank_reward_first(
         self, unique: Sequence[str], rationale: str | None, score_fn: Any, step: int
@@ -512,7 +531,8 @@ class Reasoner(_Run):
         )
         phase = "answer" if prefix else "propose"
         res = await self._call("agent", self.upstreams.agent.propose(req), phase)
-        self.count("agent", phase, completion=sum(c.num_tokens for c in res.candidates))
+        completion = sum(c.num_tokens for c in res.candidates)
+        self.count("agent", phase, prompt=res.prompt_tokens, completion=completion)
         return res
 
     async def _step(self, index: int, *, forced: bool = False) -> StepTrace | None:
@@ -854,6 +874,7 @@ def step_nodes(
                 answer=answer if chosen else None,
                 timings_ms=trace.timings.total_ms,
                 warnings=warnings if chosen else [],
+                tokens=cand.tokens,
             )
         )
     return nodes

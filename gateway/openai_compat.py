@@ -324,8 +324,8 @@ def _answer_tokens(response: ReasonResponse) -> int:
 
 
 def chat_usage(response: ReasonResponse) -> CompletionUsage:
-    """The model services' tokens: prompt tokens they read (the scorer's context, the
-    generators' prompts where they report them) and every token generated; reasoning tokens
+    """The model services' tokens: prompt tokens they read (the agent's and the
+    rationalyst's prompts, the scorer's contexts) and every token generated; reasoning tokens
     are those generated that are not in the answer (rationales, candidates not chosen,
     feedback)."""
     services = _services(response)

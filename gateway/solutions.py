@@ -178,6 +178,7 @@ class SolutionsSearch(Reasoner):
                     status=status,
                     rationale=scored.rationales[depth] if scored else None,
                     answer=solution_answer(s.steps) if last and finished else None,
+                    tokens=self.scored_tokens(s.steps[:depth], text),
                 )
                 nodes.append(node)
                 parent = node.id

@@ -43,6 +43,7 @@ from shared.schemas import (
     RolloutUsage,
     ScoreRequest,
     ScoreResponse,
+    TokenLogprob,
 )
 from shared.steps import is_finished, solution_answer
 
@@ -96,7 +97,11 @@ class FakeModelService:
         await self._enter("rationale", req)
         text = self.rationale_text(req) if callable(self.rationale_text) else self.rationale_text
         return RationaleResponse(
-            rationale=text, mean_logprob=-0.5, num_tokens=len(text.split()), finish_reason="stop"
+            rationale=text,
+            mean_logprob=-0.5,
+            num_tokens=len(text.split()),
+            finish_reason="stop",
+            prompt_tokens=_prompt_words(req.question, *req.steps),
         )
 
     async def propose(self, req: ProposeRequest) -> ProposeResponse:
@@ -114,7 +119,8 @@ class FakeModelService:
                     text=t, mean_logprob=-0.4, num_tokens=len(t.split()), finish_reason="stop"
                 )
                 for t in texts
-            ]
+            ],
+            prompt_tokens=_prompt_words(req.question, *req.steps, req.rationale or ""),
         )
 
     async def score(self, req: ScoreRequest) -> ScoreResponse:
@@ -123,12 +129,26 @@ class FakeModelService:
             values = list(self.scores(req))
         else:
             values = [self.scores.get(c, self.default_score) for c in req.continuations]
+        texts = req.continuations
+
+        def tokens(i: int, v: float) -> list[TokenLogprob] | None:
+            """With ``return_tokens``: the continuation as one token of log-prob ``v``."""
+            if not req.return_tokens or i >= len(texts):
+                return None
+            return [TokenLogprob(token=texts[i], logprob=v)]
+
         return ScoreResponse(
             scores=[
                 ContinuationScore(
-                    score=v, sum=v, mean=v, decayed_sum=v, decayed_mean=v, num_tokens=1
+                    score=v,
+                    sum=v,
+                    mean=v,
+                    decayed_sum=v,
+                    decayed_mean=v,
+                    num_tokens=1,
+                    tokens=tokens(i, v),
                 )
-                for v in values
+                for i, v in enumerate(values)
             ],
             prompt_tokens=100 + len(values),
         )
@@ -198,6 +218,11 @@ class FakeModelService:
 
     async def aclose(self) -> None:
         self.closed = True
+
+
+def _prompt_words(*texts: str) -> int:
+    """A fake prompt's token count: the words of what the real prompt is built from."""
+    return sum(len(t.split()) for t in texts)
 
 
 def _after_prefix(prefix: str, text: str) -> str:

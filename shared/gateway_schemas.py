@@ -241,7 +241,8 @@ class SearchOptions(Strict):
     trace_tokens: bool = Field(
         default=False,
         description="Each scored candidate's per-token log-probabilities under the scorer in "
-        "its trace (`candidates[].tokens`), as the /ui page colours them.",
+        "its trace (`trace[].candidates[].tokens`) and its tree node (`tree[].tokens`; beam "
+        "and the solution strategies have only the tree), as the /ui page colours them.",
     )
 
 
@@ -364,7 +365,11 @@ class RoundTrace(Strict):
 
 class ServiceUsage(Strict):
     calls: int = 0
-    prompt_tokens: int | None = Field(default=None, description="Where the service reports it.")
+    prompt_tokens: int | None = Field(
+        default=None,
+        description="Tokens of the prompts the service read, over its calls (a propose call's "
+        "n candidates share one prompt, counted once); None when no call reported any.",
+    )
     completion_tokens: int | None = Field(default=None, description="Tokens generated.")
 
 
@@ -381,7 +386,8 @@ class Usage(Strict):
     budget_tokens: int = Field(
         default=0,
         description="Tokens counted against `max_tokens_budget`: generated (all services) + "
-        "scored (the scorer's prompt tokens).",
+        "scored (the scorer's and the reward model's prompt tokens); the prompts the agent "
+        "and the rationalyst read are not counted.",
     )
 
 
@@ -411,6 +417,11 @@ class TreeNode(Strict):
     )
     warnings: list[str] = Field(
         default_factory=list, description="E.g. a service that failed at this node's step."
+    )
+    tokens: list[TokenLogprob] | None = Field(
+        default=None,
+        description="With `trace_tokens`: the step's tokens and their log-probabilities "
+        "under the scorer in its last scoring (None when the scorer did not score it).",
     )
 
 

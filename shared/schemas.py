@@ -83,6 +83,7 @@ class RationaleResponse(Strict):
     )
     num_tokens: int
     finish_reason: str
+    prompt_tokens: int = Field(description="Tokens of the prompt the model was given.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,6 +123,10 @@ class Candidate(Strict):
 
 class ProposeResponse(Strict):
     candidates: list[Candidate]
+    prompt_tokens: int = Field(
+        description="Tokens of the prompt the model was given (the prompt all n candidates "
+        "share, counted once)."
+    )
 
 
 # --------------------------------------------------------------------------------------------

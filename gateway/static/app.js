@@ -412,7 +412,7 @@
         const id = `s${step.index}c${i}`;
         const chosen = i === step.chosen;
         if (chosen) chosenId = id;
-        nodes.push({ id, parent, depth: step.index, text: c.text, score: c.score, status: chosen ? "chosen" : "pruned" });
+        nodes.push({ id, parent, depth: step.index, text: c.text, score: c.score, tokens: c.tokens, status: chosen ? "chosen" : "pruned" });
       });
       parent = chosenId;
     }
@@ -442,7 +442,7 @@
       const kids = (children.get(key) || []).slice().sort((a, b) => (order[a.status] ?? 9) - (order[b.status] ?? 9));
       for (const n of kids) {
         const label = el("span", { class: `node ${n.status}`, title: n.text, "data-node": n.id },
-          n.text, el("span", { class: "score" }, n.aggregate !== null && n.aggregate !== undefined ? fmt(n.aggregate) : fmt(n.score)));
+          n.tokens ? tokenSpans(n.tokens) : n.text, el("span", { class: "score" }, n.aggregate !== null && n.aggregate !== undefined ? fmt(n.aggregate) : fmt(n.score)));
         const li = el("li", {}, label);
         list.appendChild(li);
         if (children.has(n.id)) {

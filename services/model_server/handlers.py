@@ -157,6 +157,7 @@ class ModelService:
             mean_logprob=_mean(out.logprobs),
             num_tokens=len(out.token_ids),
             finish_reason=out.finish_reason,
+            prompt_tokens=len(ids),
         )
 
     async def propose(self, req: ProposeRequest) -> ProposeResponse:
@@ -179,7 +180,8 @@ class ModelService:
                     finish_reason=o.finish_reason,
                 )
                 for o in outputs
-            ]
+            ],
+            prompt_tokens=len(ids),
         )
 
     async def rollout(self, req: RolloutRequest) -> RolloutResponse:

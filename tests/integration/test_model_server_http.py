@@ -59,6 +59,33 @@ def test_propose_n4_and_seed_reproduces(agent_url: str) -> None:
     assert [c["text"] for c in again.json()["candidates"]] == candidates
 
 
+def test_rationale_and_propose_report_their_prompt_tokens(agent_url: str, model_path: Path) -> None:
+    """prompt_tokens is the length of the prompt the engine was given, as the service
+    renders and tokenizes it; propose's n candidates share it, counted once."""
+    from transformers import AutoTokenizer
+
+    from services.model_server import prompts
+    from services.model_server.engines.base import encode
+    from shared.schemas import ProposeRequest, RationaleRequest, Role
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    system = prompts.system_prompt(Role.agent, None)
+    body = {"question": "Tom has 3 apples and buys 5 more. How many?", "steps": ["3 + 5 = 8."]}
+    rationale = httpx.post(f"{agent_url}/v1/rationale", json={**body, "max_tokens": 8}, timeout=120)
+    assert rationale.status_code == 200, rationale.text
+    want = encode(tok, prompts.rationale_prompt(tok, system, RationaleRequest(**body)))[0]
+    assert rationale.json()["prompt_tokens"] == len(want) > 0
+    counts = []
+    for n in (1, 3):
+        propose = {**body, "n": n, "max_tokens": 8, "seed": 1, "rationale": "add them"}
+        r = httpx.post(f"{agent_url}/v1/propose", json=propose, timeout=120)
+        assert r.status_code == 200, r.text
+        want = encode(tok, prompts.propose_prompt(tok, system, ProposeRequest(**propose)))[0]
+        assert r.json()["prompt_tokens"] == len(want) > 0
+        counts.append(r.json()["prompt_tokens"])
+    assert counts[0] == counts[1]
+
+
 @pytest.mark.parametrize(
     ("context", "continuations"),
     [

@@ -252,3 +252,27 @@ async def test_rollout_through_the_remote_engine(engine: RemoteEngine) -> None:
         assert all(s and s == s.strip() for s in c.steps)
         assert c.completion_tokens > 0
     assert [c.steps for c in again.completions] == [c.steps for c in first.completions]
+
+
+async def test_propose_and_rationale_through_the_remote_engine_report_prompt_tokens(
+    engine: RemoteEngine,
+) -> None:
+    """The generators' prompt_tokens on this engine: the prompt the service rendered and
+    sent to the upstream as token ids, propose's n candidates counted once."""
+    from services.model_server import prompts
+    from services.model_server.handlers import ModelService
+    from services.model_server.metrics import ModelMetrics
+    from shared.schemas import ProposeRequest, RationaleRequest, Role
+
+    service = ModelService(ModelServerSettings(role=Role.agent), engine, ModelMetrics())
+    tok = engine.tokenizer
+    question, steps = "Tom has 3 apples and buys 5 more. How many?", ["3 + 5 = 8."]
+    rationale_req = RationaleRequest(question=question, steps=steps, max_tokens=8)
+    rationale = await service.rationale(rationale_req)
+    want = encode(tok, prompts.rationale_prompt(tok, service.system, rationale_req))[0]
+    assert rationale.prompt_tokens == len(want) > 0
+    propose_req = ProposeRequest(question=question, steps=steps, n=2, seed=1, max_tokens=8)
+    proposals = await service.propose(propose_req)
+    assert len(proposals.candidates) == 2
+    want = encode(tok, prompts.propose_prompt(tok, service.system, propose_req))[0]
+    assert proposals.prompt_tokens == len(want) > 0

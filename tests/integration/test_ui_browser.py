@@ -426,6 +426,7 @@ def test_a_search_tree_renders_beams_with_the_chosen_path(
     assert page.locator("#tree li:has(> [data-node='n1']) [data-node='n4']").count() == 1
     assert page.locator("#tree .node.kept").count() == 1
     assert page.locator("#tree .node.finished").count() == 1
+    assert page.locator("#tree .node .tok").count() == 0  # without trace_tokens: plain text
     events = "".join(
         f"event: node\ndata: {json.dumps({'event': 'node', **n})}\n\n" for n in tree[:4]
     )
@@ -436,3 +437,26 @@ def test_a_search_tree_renders_beams_with_the_chosen_path(
     ask(page, "likelihood")
     page.wait_for_selector(".status .msg.error")  # no done event: ended without a response
     assert page.locator("#tree .node").count() == 4  # the streamed nodes, drawn as they came
+
+
+def test_a_beam_tree_with_trace_tokens_colours_its_nodes(page: Any, sample: dict[str, Any]) -> None:
+    tree = beam_tree()
+    for n in tree:  # with trace_tokens, every scored node carries its tokens
+        words = str(n["text"]).split(" ")
+        n["tokens"] = [{"token": w if k == 0 else f" {w}", "logprob": -2.0 * k}
+                       for k, w in enumerate(words)]  # fmt: skip
+    response = {**sample, "id": "beam-tokens", "trace": [], "tree": tree}
+    page.route(
+        "**/v1/traces/beam-tokens",
+        lambda route: route.fulfill(status=200, json=response),
+    )
+    page.fill("#trace-id", "beam-tokens")
+    page.click("#open-trace")
+    page.wait_for_selector("#tree .node[data-node='n6'] .tok")
+    assert page.locator("#tree .node .tok").count() == 2 * len(tree)
+    first = page.locator("#tree .node[data-node='n3'] .tok")
+    assert first.nth(0).inner_text() + first.nth(1).inner_text() == "node 3"
+    likely, unlikely = (
+        first.nth(k).evaluate("t => getComputedStyle(t).backgroundColor") for k in (0, 1)
+    )
+    assert likely != unlikely and "rgba(0, 0, 0, 0)" not in (likely, unlikely)

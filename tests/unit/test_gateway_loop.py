@@ -148,6 +148,46 @@ async def test_rationalyst_scores_all_candidates_in_one_call_with_the_rationale(
     assert res.usage.scorer.calls == 3
 
 
+def prompt_words(*texts: str | None) -> int:
+    """The fake services' prompt count: the words of what the prompt is built from."""
+    return sum(len((t or "").split()) for t in texts)
+
+
+async def test_usage_counts_the_prompts_of_every_service_by_phase() -> None:
+    rationalyst = FakeModelService("rationalyst")
+    agent = agent_with(("s1 is here", "s1b"), ("s2", "s2b"))
+    scorer = FakeModelService("scorer")
+    ups = fake_upstreams(rationalyst=rationalyst, agent=agent, scorer=scorer)
+    res = await reason(req(max_steps=2, n_candidates=2), ups)
+    assert res.finish is Finish.forced_answer  # phases rationale, propose, score and answer
+    rationales = [prompt_words(r.question, *r.steps) for r in rationalyst.requests("rationale")]
+    proposals = [prompt_words(p.question, *p.steps, p.rationale) for p in agent.requests("propose")]
+    u = res.usage
+    # each call's prompt once, whatever its n: the service counts a shared prompt once
+    assert u.rationalyst.prompt_tokens == sum(rationales) > 0
+    assert u.agent.prompt_tokens == sum(proposals) > 0
+    # the forced answer step's calls (rationale, proposals, scoring) are the answer phase
+    assert u.phases["rationale"].prompt_tokens == sum(rationales[:-1])
+    assert u.phases["propose"].prompt_tokens == sum(proposals[:-1])
+    answer_scored = 100 + len(scorer.requests("score")[-1].continuations)  # the fake's count
+    assert u.phases["answer"].prompt_tokens == rationales[-1] + proposals[-1] + answer_scored
+    services = (u.rationalyst, u.agent, u.scorer)
+    assert sum(p.prompt_tokens or 0 for p in u.phases.values()) == sum(
+        x.prompt_tokens or 0 for x in services
+    )
+    # the budget keeps its meaning: generated + scored, not the generators' prompts
+    generated = sum(x.completion_tokens or 0 for x in (u.rationalyst, u.agent, u.scorer, u.reward))
+    assert u.budget_tokens == generated + (u.scorer.prompt_tokens or 0)
+
+
+async def test_select_counts_the_rationalysts_prompt() -> None:
+    rationalyst = FakeModelService("rationalyst")
+    request = SelectRequest(question="What is 2 + 3?", steps=["2 + 3"], candidates=["= 5", "= 6"])
+    res = await select(request, fake_upstreams(rationalyst=rationalyst))
+    assert res.usage.rationalyst.prompt_tokens == prompt_words("What is 2 + 3?", "2 + 3")
+    assert res.usage.agent.prompt_tokens is None  # not called
+
+
 async def test_rationale_and_proposals_run_concurrently() -> None:
     ups = fake_upstreams(
         rationalyst=FakeModelService("rationalyst", delay_s=0.2),

@@ -56,7 +56,9 @@ async def test_non_stream_puts_the_search_in_reasoning_content_and_real_usage() 
     chosen = sum(t["candidates"][t["chosen"]]["num_tokens"] for t in trace["trace"])
     details = done.usage.completion_tokens_details
     assert details is not None and details.reasoning_tokens == generated - chosen
-    assert done.usage.prompt_tokens == trace["usage"]["scorer"]["prompt_tokens"] > 0
+    # the prompts of every service: the rationalyst's and the agent's, the scorer's contexts
+    assert all(s["prompt_tokens"] > 0 for s in services)
+    assert done.usage.prompt_tokens == sum(s["prompt_tokens"] for s in services)
 
 
 @pytest.mark.parametrize("fmt", ["reasoning_content", "reasoning", "think", "none"])
@@ -92,6 +94,11 @@ async def test_stream_reasoning_formats(fmt: str) -> None:
     assert usage_chunk.choices == [] and usage_chunk.usage is not None
     assert usage_chunk.usage.completion_tokens > 0 and usage_chunk.usage.prompt_tokens > 0
     assert all(c.usage is None for c in chunks[:-1])
+    # the usage chunk counts the prompts of every service the response's usage reports
+    (final,) = [c.model_extra["rationalyst"] for c in chunks if c.model_extra.get("rationalyst")]  # type: ignore[union-attr]
+    services = [final["usage"][name] for name in ("rationalyst", "agent", "scorer")]
+    assert all(s["prompt_tokens"] > 0 for s in services)
+    assert usage_chunk.usage.prompt_tokens == sum(s["prompt_tokens"] for s in services)
 
 
 async def test_stream_without_include_usage_sends_no_usage_chunk() -> None:
@@ -344,4 +351,12 @@ async def test_trace_tokens_asks_the_scorer_for_token_logprobs(trace_tokens: boo
         r = await c.post("/v1/reason", json=body)
     assert r.status_code == 200, r.text
     assert [q.return_tokens for q in scorer.requests("score")] == [trace_tokens]
-    assert all(c["tokens"] is None for c in r.json()["trace"][0]["candidates"])  # fake: none
+    # the fake scores each continuation as one token: its text at its score
+    distinct = [c for c in r.json()["trace"][0]["candidates"] if c["duplicate_of"] is None]
+    assert len(distinct) == 2
+    want = [
+        [{"token": c["text"], "logprob": c["score"]}] if trace_tokens else None for c in distinct
+    ]
+    assert [c["tokens"] for c in distinct] == want
+    nodes = [n for n in r.json()["tree"] if n["depth"] == 0]
+    assert [n["tokens"] for n in nodes] == want  # the step's tree nodes carry them too

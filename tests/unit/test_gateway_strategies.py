@@ -24,7 +24,7 @@ from shared.gateway_schemas import (
     ReasonResponse,
     Strategy,
 )
-from shared.schemas import ProposeRequest
+from shared.schemas import ProposeRequest, ScoreRequest, TokenLogprob
 
 pytestmark = pytest.mark.unit
 
@@ -226,6 +226,59 @@ async def test_beam_stops_at_its_budget_with_the_best_so_far() -> None:
     assert res.usage.phases["score"].calls == 2 and "answer" not in res.usage.phases
 
 
+def by_context(r: ScoreRequest) -> list[float]:
+    """A score per continuation that depends on its context: -1 after the first, -2 after
+    the second, ..."""
+    return [-1.0 - i for i in r.context_index or [0] * len(r.continuations)]
+
+
+@pytest.mark.parametrize("trace_tokens", [False, True])
+async def test_beam_trace_tokens_colour_each_node_by_its_own_scoring(trace_tokens: bool) -> None:
+    # Both beams propose "x": the same text after two prefixes, scored differently; the
+    # forced answer step has two answers to score.
+    then = {"a": ["x", "a2"], "b": ["x", "b2"]}
+
+    def propose(r: ProposeRequest) -> list[str]:
+        if r.step_prefix:
+            return ["5", "6"]
+        return ["a", "b"] if not r.steps else then.get(r.steps[-1], ["stuck", "stuck"])
+
+    agent = FakeModelService("agent", proposals=propose)
+    scorer = FakeModelService("scorer", scores=by_context)
+    res = await run(
+        req(
+            strategy="beam",
+            n_beams=2,
+            beam_width=2,
+            max_steps=2,
+            heuristic="likelihood",
+            trace_tokens=trace_tokens,
+        ),
+        agent=agent,
+        scorer=scorer,
+    )
+    assert all(r.return_tokens is trace_tokens for r in scorer.requests("score"))
+    xs = [n for n in res.tree if n.text == "x"]
+    assert len(xs) == 2 and xs[0].score != xs[1].score
+    scored = [n for n in res.tree if n.score is not None]
+    assert len(scored) == len(res.tree) == 8  # 2 + 4 in the search, the forced answer's 2
+    for n in scored:  # the fake scores a continuation as one token: its text at its score
+        want = [TokenLogprob(token=n.text, logprob=n.score)] if trace_tokens else None
+        assert n.tokens == want, n
+
+
+async def test_best_of_n_trace_tokens_colour_each_step_node() -> None:
+    agent = FakeModelService("agent", solutions=SOLUTIONS)
+    scorer = FakeModelService("scorer", scores=STEP_SCORES)
+    res = await run(
+        req(strategy="best_of_n", n=4, heuristic="likelihood", trace_tokens=True),
+        agent=agent,
+        scorer=scorer,
+    )
+    assert res.tree and all(n.score is not None for n in res.tree)
+    assert all(n.tokens == [TokenLogprob(token=n.text, logprob=n.score)] for n in res.tree)
+
+
 # -- budgets and validation ----------------------------------------------------------------
 
 
@@ -238,6 +291,7 @@ async def test_step_budget_stop_and_usage_per_phase() -> None:
     assert res.budget_reached and res.finish is Finish.budget and len(res.steps) == 1
     u = res.usage
     assert u.budget_tokens == (u.agent.completion_tokens or 0) + (u.scorer.prompt_tokens or 0)
+    assert (u.agent.prompt_tokens or 0) > 0  # reported in usage, not spent from the budget
     assert u.phases["propose"].calls == 1 and u.phases["score"].calls == 1
     assert any("max_tokens_budget" in w for w in res.warnings)
 

@@ -6,11 +6,12 @@ import asyncio
 from typing import Any
 
 import pytest
+from pydantic import BaseModel, ValidationError
 
 from services.model_server.app import create_app
 from services.model_server.handlers import aggregate
 from services.model_server.settings import ModelServerSettings
-from shared.schemas import Role
+from shared.schemas import ProposeResponse, RationaleResponse, Role
 
 pytestmark = pytest.mark.unit
 
@@ -278,6 +279,52 @@ async def test_rationale_prompt_follows_reference_format(fake_engine, asgi_clien
     prompt = fake_engine.tokenizer.decode(calls[0])
     assert "Question: Q?\nAnswer: First. Second." in prompt
     assert prompt.endswith("<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize(
+    ("role", "path", "body"),
+    [
+        (Role.rationalyst, "/v1/rationale", {"question": "Q?", "steps": ["First."]}),
+        (Role.agent, "/v1/propose", {"question": "Q?", "steps": ["First."], "n": 3}),
+    ],
+)
+async def test_generators_report_the_prompt_tokens_the_engine_got(
+    fake_engine, asgi_client, role: Role, path: str, body: dict[str, Any]
+) -> None:
+    calls: list[list[int]] = []
+    original = fake_engine.generate
+
+    async def spy(ids: list[int], params: Any) -> Any:
+        calls.append(ids)
+        return await original(ids, params)
+
+    fake_engine.generate = spy
+    app = create_app(ModelServerSettings(role=role, max_n=4), engine=fake_engine)
+    async with asgi_client(app) as client:
+        r = await client.post(path, json=body)
+    assert r.status_code == 200, r.text
+    (ids,) = calls  # one engine call: propose's n candidates share one prompt, counted once
+    assert r.json()["prompt_tokens"] == len(ids) > 0
+
+
+@pytest.mark.parametrize(
+    ("model", "body"),
+    [
+        (
+            RationaleResponse,
+            {"rationale": "r", "mean_logprob": -1.0, "num_tokens": 1, "finish_reason": "stop"},
+        ),
+        (ProposeResponse, {"candidates": []}),
+    ],
+)
+def test_generator_responses_require_prompt_tokens(model: type[BaseModel], body: dict) -> None:
+    """The gateway counts every generator's prompt: an answer without it does not parse."""
+    with pytest.raises(ValidationError, match="prompt_tokens"):
+        model.model_validate(body)
+    assert model.model_validate({**body, "prompt_tokens": 7}).prompt_tokens == 7  # type: ignore[attr-defined]
+    schema = model.model_json_schema()
+    assert "prompt_tokens" in schema["required"]
+    assert schema["properties"]["prompt_tokens"]["description"]
 
 
 async def _propose_prompt(fake_engine: Any, asgi_client: Any, body: dict[str, Any]) -> Any:

@@ -243,8 +243,8 @@ def eval_report(
         "read; **Finished** the share that stated an answer within the step budget.",
         "- **Steps**, **Generated** (tokens written by the rationalyst and the agent), "
         "**Tokens** (prompt + generated tokens over rationalyst, agent and scorer, as the "
-        "services report them: the scorer's prompt tokens dominate) and **Latency** (client "
-        "wall time per request) are means over answered examples.",
+        "services report them: the prompts, few-shot demos read again at every call, dominate) "
+        "and **Latency** (client wall time per request) are means over answered examples.",
         "- Every example, with the full step trace (rationales, candidates, scores, chosen "
         "index, timings), is a line of `results.jsonl`; `summary.json` has these numbers.",
         "",
