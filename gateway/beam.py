@@ -41,7 +41,8 @@ from gateway.loop import (
     merge_duplicates,
     step_nodes,
 )
-from gateway.scoring import REWARD_HEURISTICS, aggregate, rank_key, reward_scores
+from gateway.reward import REWARD_HEURISTICS
+from gateway.scoring import aggregate, rank_key, reward_scores
 from gateway.upstreams import Upstreams
 from shared.answers import extract_answer
 from shared.gateway_schemas import ReasonRequest, ReasonResponse, Strategy, Timings, TreeNode
@@ -180,7 +181,7 @@ class BeamSearch(Reasoner):
         """Score the whole pool in one call (the heuristic's rule for the rationale); after a
         scorer failure, as the degraded heuristic does."""
         reward = getattr(self, "reward", None)
-        if self.heuristic.kind.value in REWARD_HEURISTICS and reward is not None:
+        if self.heuristic.kind in REWARD_HEURISTICS and reward is not None:
             paths = [[*beams[c.beam].steps, c.text] for c in pool]
             try:
                 scored = await reward_scores(self, reward, paths, self.request.aggregation)

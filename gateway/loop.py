@@ -209,15 +209,18 @@ class _Run:
         self.strict = strict
         self.seed = seed if seed is not None else new_seed()
         self.rng = random.Random(self.seed)
-        self.reward: RewardScorer | None = None
-        if requested in REWARD_HEURISTICS:  # 422 naming `heuristic` when none is configured
-            self.reward = RewardScorer(require_reward(upstreams.reward, requested), question)
         self.heuristic: StepHeuristic = build_heuristic(requested, rng=self.rng)
         self.decay = decay
         self.few_shot = choose_few_shot(question, demos, answer_kind)
         self.demos: list[Demo] = self.few_shot.demos
         self.fallbacks: list[Fallback] = []
         self.warnings: list[str] = list(self.few_shot.warnings)
+        self.reward: RewardScorer | None = None
+        if requested in REWARD_HEURISTICS:  # 422 naming `heuristic` when none is configured
+            client = require_reward(upstreams.reward, requested)
+            self.reward = RewardScorer(
+                client, question, heuristic=requested, warnings=self.warnings
+            )
         self.counters: dict[ServiceName, ServiceCounter] = {
             "rationalyst": ServiceCounter(),
             "agent": ServiceCounter(),

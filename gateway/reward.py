@@ -35,13 +35,27 @@ def require_reward(client: RewardClient | None, heuristic: Heuristic) -> RewardC
 
 
 class RewardScorer:
-    """Scores solutions of one question with the reward service."""
+    """Scores solutions of one question with the reward service.
 
-    def __init__(self, client: RewardClient, question: str) -> None:
+    ``heuristic`` (``prm`` or ``orm``) is what the request asked for; when the service's model
+    is of the other kind, the scores are still used (an ORM's outcome score of the trajectory,
+    or a PRM's score of the last step) and one line in ``warnings`` says so."""
+
+    def __init__(
+        self,
+        client: RewardClient,
+        question: str,
+        *,
+        heuristic: Heuristic | None = None,
+        warnings: list[str] | None = None,
+    ) -> None:
         self.client = client
         self.question = question
+        self.heuristic = heuristic
+        self.warnings = warnings if warnings is not None else []
         self.prompt_tokens = 0
         self.calls = 0
+        self._kind_checked = False
 
     async def solutions(self, solutions: Sequence[Sequence[str]]) -> RewardResponse:
         """Every solution (a list of steps) in one request; the response as the service
@@ -55,7 +69,19 @@ class RewardScorer:
                 f"reward returned {len(res.results)} results for {len(solutions)} solutions"
             )
         self.prompt_tokens += res.usage.prompt_tokens
+        self._check_kind(res.kind)
         return res
+
+    def _check_kind(self, served: str) -> None:
+        if self._kind_checked or self.heuristic is None:
+            return
+        self._kind_checked = True
+        if served != self.heuristic.value:
+            scores = "outcome scores" if served == "orm" else "step scores"
+            self.warnings.append(
+                f"heuristic {self.heuristic.value!r} asked for a {self.heuristic.value} model, "
+                f"but the reward service serves a {served}: ranked by its {scores}"
+            )
 
     async def scores(
         self, solutions: Sequence[Sequence[str]], aggregate: RewardAggregate = "min"

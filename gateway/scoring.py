@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.heuristics import without_reward, without_scorer
-from shared.errors import InvalidRequest
+from gateway.reward import REWARD_HEURISTICS
 from shared.gateway_schemas import Aggregation, Heuristic
 
 if TYPE_CHECKING:
@@ -190,27 +190,12 @@ class RewardSolutionScorer:
         return [ScoredSolution(s, v, [None] * len(s)) for s, v in scored]
 
 
-REWARD_HEURISTICS: frozenset[str] = frozenset({"prm", "orm"})
-"""Heuristic names of a reward service."""
-
-
-def check_scorer(heuristic: Heuristic | str, reward: object | None = None) -> None:
-    """422 for a reward scorer when the gateway has no reward service (``reward``)."""
-    if str(heuristic) in REWARD_HEURISTICS and reward is None:
-        raise InvalidRequest(
-            f"heuristic: {heuristic} needs a reward service, which is not configured "
-            "(GATEWAY_REWARD_URL)",
-            field="heuristic",
-        )
-
-
 def build_solution_scorer(run: _Run) -> SolutionScorer:
     """The solution scorer of the run's current heuristic (it follows its degradations)."""
     kind = run.heuristic.kind
-    if kind.value in REWARD_HEURISTICS:
-        reward = getattr(run, "reward", None)
-        check_scorer(kind, reward)
-        return RewardSolutionScorer(run, reward, kind)  # type: ignore[arg-type]
+    if kind in REWARD_HEURISTICS:
+        assert run.reward is not None  # a run with a reward heuristic has its scorer
+        return RewardSolutionScorer(run, run.reward, kind)
     if run.heuristic.uses_scorer:
         return LikelihoodSolutionScorer(run, kind)
     return RandomSolutionScorer(kind, run.rng)

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from gateway.beam import BeamSearch
 from gateway.loop import Reasoner
-from gateway.scoring import check_scorer
+from gateway.reward import REWARD_HEURISTICS, require_reward
 from gateway.self_improve import SelfImproveSearch
 from gateway.solutions import SolutionsSearch
 from gateway.upstreams import ServiceName, Upstreams
@@ -114,8 +114,8 @@ def step_cost(request: ReasonRequest) -> int:
 def check_request(request: ReasonRequest, upstreams: Upstreams) -> None:
     """422 naming the field for options that do not fit together, or a reward heuristic
     without a reward service (``upstreams.reward``, where the gateway has one)."""
-    if request.heuristic in (Heuristic.prm, Heuristic.orm):
-        check_scorer(request.heuristic, getattr(upstreams, "reward", None))
+    if request.heuristic in REWARD_HEURISTICS:
+        require_reward(upstreams.reward, request.heuristic)
     if request.strategy is Strategy.beam and request.beam_width > request.n_beams:
         raise InvalidRequest(
             f"beam_width: {request.beam_width} exceeds n_beams ({request.n_beams}); each "

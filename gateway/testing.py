@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from gateway.upstreams import Upstreams
 from shared.errors import ServiceError
@@ -67,6 +67,8 @@ class FakeModelService:
     default_score: float = -1.0
     step_scores: dict[str, float] = field(default_factory=dict)
     """What /v1/reward gives each step (by its text; 0.5 otherwise)."""
+    reward_kind: Literal["prm", "orm"] = "prm"
+    """The kind of reward model /v1/reward says it serves."""
     rationale_text: str | Callable[[RationaleRequest], str] = "think about the next step"
     chat_text: str | Callable[[ChatCompletionRequest], str] = "Hello."
     """What /v1/chat/completions answers (text, or a function of the request)."""
@@ -189,7 +191,7 @@ class FakeModelService:
         return RewardResponse(
             id="reward-fake",
             model=self.name,
-            kind="prm",
+            kind=self.reward_kind,
             results=results,
             usage=RewardUsage(prompt_tokens=10 * len(req.solutions)),
         )

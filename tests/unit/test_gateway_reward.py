@@ -192,3 +192,24 @@ async def test_reward_down_mid_search_falls_back_to_likelihood_in_every_strategy
     strict = request.model_copy(update={"strict": True})
     with pytest.raises(ServiceUnavailable):
         await run_to_end(build_search(strict, ups))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("asked", "served"), [("prm", "orm"), ("orm", "prm")])
+async def test_a_reward_model_of_the_other_kind_ranks_with_one_warning(
+    asked: str, served: str
+) -> None:
+    reward = reward_service(reward_kind=served)
+    res = await select(sel(heuristic=asked), fake_upstreams(reward=reward))
+    assert res.chosen_text == "The answer is: 5"  # its scores are still used
+    mismatch = [w for w in res.warnings if "reward service serves" in w]
+    assert len(mismatch) == 1 and f"serves a {served}" in mismatch[0]
+
+
+async def test_reward_of_the_asked_kind_gives_no_warning_over_a_whole_search() -> None:
+    agent = FakeModelService("agent", proposals=(("Add them.", "Guess."), ("The answer is: 5",)))
+    req = ReasonRequest(question="What is 2 + 3?", heuristic="orm", n_candidates=2, max_steps=3)
+    res = await reason(req, fake_upstreams(agent=agent, reward=reward_service(reward_kind="orm")))
+    assert not [w for w in res.warnings if "reward service serves" in w]
+    req = ReasonRequest(question="What is 2 + 3?", heuristic="prm", n_candidates=2, max_steps=3)
+    res = await reason(req, fake_upstreams(agent=agent, reward=reward_service(reward_kind="orm")))
+    assert len([w for w in res.warnings if "reward service serves" in w]) == 1  # once, not per step

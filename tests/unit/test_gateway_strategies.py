@@ -310,8 +310,8 @@ async def test_unbudgeted_run_files_the_answer_step_under_its_phase() -> None:
         ({"strategy": "beam", "beam_width": 5, "n_beams": 4}, "beam_width", "exceeds"),
         ({"max_tokens_budget": 10}, "max_tokens_budget", "below the cost"),
         ({"strategy": "beam", "max_tokens_budget": 300}, "max_tokens_budget", "below"),
-        ({"heuristic": "prm"}, "heuristic", "not configured"),
-        ({"heuristic": "orm", "strategy": "beam"}, "heuristic", "not configured"),
+        ({"heuristic": "prm"}, "heuristic", "GATEWAY_REWARD_URL"),
+        ({"heuristic": "orm", "strategy": "beam"}, "heuristic", "GATEWAY_REWARD_URL"),
         ({"strategy": "self_improve", "max_tokens_budget": 9999}, "max_tokens_budget", "budget"),
     ],
 )
