@@ -215,7 +215,10 @@ def main() -> None:
 
     n = len(triples)
     raw_tps, one_tps, two_tps = tokens / raw_s, tokens / one_s, tokens / two_s
-    print(f"machine: {os.cpu_count()} cores; {n} triples, {2 * n} score requests, {tokens} tokens")
+    print(
+        f"machine: {os.cpu_count()} cores; {n} triples, {n} score requests (with and without "
+        f"the rationale in each), {tokens} tokens"
+    )
     print(f"raw /v1/score      {raw_s:7.2f} s  {raw_tps:8.1f} tok/s  {n / raw_s:6.2f} triples/s")
     print(f"filter job 1w x 1s {one_s:7.2f} s  {one_tps:8.1f} tok/s  {n / one_s:6.2f} triples/s")
     print(f"filter job 2w x 2s {two_s:7.2f} s  {two_tps:8.1f} tok/s  {n / two_s:6.2f} triples/s")
