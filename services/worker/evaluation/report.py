@@ -223,7 +223,8 @@ def eval_report(
             "correct" if sample["correct"] else ("unparsed" if not sample["parsed"] else "wrong")
         )
         parts += [
-            f"**{task}** (`{sample['heuristic']}`, item {sample['item_id']}): {verdict}; gold "
+            f"**{task}** (`{sample.get('method', sample['heuristic'])}`, item "
+            f"{sample['item_id']}): {verdict}; gold "
             f"{_short(str(sample['gold']), 120)}, read {sample.get('predicted')!s}.",
             "",
             "> " + _short(sample["question"], 400).replace("\n", " "),
