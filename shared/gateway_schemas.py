@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from shared.answer_kinds import AnswerKind
-from shared.openai_schemas import Lenient, OAChatMessage
+from shared.openai_schemas import LenientRequest, OAChatMessage
 from shared.openai_schemas import Usage as CompletionUsage
 from shared.schemas import Demo, NonEmptyStr, Strict, TokenLogprob
 from shared.verify.registry import VerifierKind
@@ -614,13 +614,13 @@ ReasoningFormat = Literal["reasoning_content", "reasoning", "think", "none"]
 ReasoningEffort = Literal["low", "medium", "high"]
 
 
-class ChatStreamOptions(Lenient):
+class ChatStreamOptions(LenientRequest):
     include_usage: bool = Field(
         default=False, description="Send a last chunk with `usage` (and no choices)."
     )
 
 
-class GatewayChatRequest(Lenient):
+class GatewayChatRequest(LenientRequest):
     """OpenAI chat request. The last user message is the question; extra body fields
     (`heuristic`, `n_candidates`, `max_steps`, ...) set the search options."""
 

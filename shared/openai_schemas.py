@@ -1,7 +1,8 @@
 """OpenAI-compatible request and response models (the subset the ensemble serves).
 
 Requests tolerate unknown fields, as OpenAI clients send options we do not use; fields we do
-use are range-checked like every other request.
+use are range-checked like every other request, and take their JSON type only (``"stream":
+0`` or ``"temperature": "0.5"`` is a 422, not a guess).
 """
 
 from __future__ import annotations
@@ -10,11 +11,23 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shared.json_scalars import check_scalars
 
 
 class Lenient(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+
+class LenientRequest(Lenient):
+    """Unknown fields pass; booleans and numbers take their JSON type only
+    (:mod:`shared.json_scalars`)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _json_scalars(cls, data: Any) -> Any:
+        return check_scalars(cls, data)
 
 
 class OAChatMessage(Lenient):
@@ -30,7 +43,7 @@ class OAChatMessage(Lenient):
         return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
 
 
-class _SamplingFields(Lenient):
+class _SamplingFields(LenientRequest):
     model: str | None = None
     n: int = Field(default=1, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)

@@ -8,7 +8,7 @@ extras, as OpenAI clients send fields we do not use.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -17,18 +17,26 @@ from pydantic import (
     StringConstraints,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from shared.answer_kinds import AnswerKind
+from shared.json_scalars import check_scalars
 
 NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
 """A string that must contain at least one character (whitespace counts)."""
 
 
 class Strict(BaseModel):
-    """Base of internal wire models: unknown fields are errors."""
+    """Base of internal wire models: unknown fields are errors, and booleans and numbers
+    take their JSON type only (:mod:`shared.json_scalars`)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _json_scalars(cls, data: Any) -> Any:
+        return check_scalars(cls, data)
 
 
 class Role(StrEnum):

@@ -61,6 +61,10 @@ async def test_propose_returns_n_candidates(fake_engine, asgi_client) -> None:
         ("/v1/completions", {"prompt": [[5], [7, -3 + 10**12]]}, "prompt[1]"),
         ("/v1/chat/completions", {"messages": []}, "messages"),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "n": 9}, "n"),
+        # Unknown fields pass (OpenAI clients send them); a known one of another type does not.
+        ("/v1/chat/completions", {"messages": [{"role": "user"}], "stream": 0.0}, "stream"),
+        ("/v1/completions", {"prompt": "a", "temperature": "0.5"}, "temperature"),
+        ("/v1/completions", {"prompt": "a", "echo": "yes"}, "echo"),
     ],
 )
 async def test_bad_input_is_422_naming_the_field(
