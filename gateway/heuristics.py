@@ -152,26 +152,17 @@ class GreedyHeuristic:
         return Ranking(scores=[None] * len(candidates), chosen=0)
 
 
-class RewardHeuristic:
+class RewardHeuristic(LikelihoodHeuristic):
     """The reward model's P(good) of trajectory + candidate (``prm``: the candidate's step
-    score; ``orm``: the partial solution's outcome score). The loop hands it a score
-    function backed by the reward service (:class:`gateway.reward.RewardScorer`)."""
+    score; ``orm``: the partial solution's outcome score), ranked like the likelihood. The
+    loop hands it a score function backed by the reward service
+    (:class:`gateway.reward.RewardScorer`)."""
 
-    wants_rationale = False
-    rationale_in_prompt = False
     uses_scorer = False
     uses_reward = True
 
     def __init__(self, kind: Heuristic) -> None:
         self.kind = kind
-
-    def num_candidates(self, requested: int) -> int:
-        return requested
-
-    async def rank(
-        self, candidates: Sequence[str], rationale: str | None, score: ScoreFn
-    ) -> Ranking:
-        return await _rank_by_scorer(candidates, None, score)
 
 
 def uses_reward(heuristic: StepHeuristic) -> bool:

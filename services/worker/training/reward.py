@@ -270,6 +270,7 @@ def train_reward(paths: TrainPaths, request: dict[str, Any], spec: RewardSpec) -
         _precision,
         _progress_callback,
         last_complete_checkpoint,
+        load_tokenizer,
         trainer_arguments,
     )
 
@@ -279,12 +280,8 @@ def train_reward(paths: TrainPaths, request: dict[str, Any], spec: RewardSpec) -
     max_length = int(hp["max_length"])
     write_json(paths.progress, TrainingProgress(phase="starting").model_dump(mode="json"))
 
-    from transformers import AutoTokenizer
-
     base = request["base_model_path"]
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(base)
     try:
         tag, tag_id = pick_step_tag(tokenizer, spec.step_tag)
     except ValueError as exc:

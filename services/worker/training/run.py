@@ -97,6 +97,17 @@ def _precision(spec: TrainOptions) -> tuple[str, Any, bool]:
     return device, weights, bf16
 
 
+def load_tokenizer(base: str) -> Any:
+    """The base model's tokenizer, padding with its end-of-text token when it has no pad
+    token (SmolLM2's has one; many base models do not)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def trainer_arguments(
     spec: TrainOptions, hp: dict[str, Any], paths: TrainPaths, *, has_dev: bool
 ) -> dict[str, Any]:
@@ -233,12 +244,10 @@ def train(paths: TrainPaths) -> int:
     hp = spec.resolved()
     write_json(paths.progress, TrainingProgress(phase="starting").model_dump(mode="json"))
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     base = request["base_model_path"]
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(base)
     try:
         train_rows, dev_rows, report = _encode(request, spec, tokenizer, int(hp["max_length"]))
     except (OutsideDataRoots, OSError) as exc:  # the job fails at once: retrying cannot help
